@@ -1,0 +1,561 @@
+"""Checkpoints: the baton that carries a training run from one session to the next.
+
+One `.safetensors` file holds the whole training state: model weights (`model.<name>`),
+optimizer, AMP scaler, RNG states, sampler position, counters, history and config. The
+state is a nested dict of tensors and JSON values; tensors go into the safetensors payload,
+everything else into the header's metadata. Nothing here knows about any model or task.
+
+Guarantees (see DESIGN.md, "Checkpoint contract"):
+- no pickle is ever written, and reading a file can never run code;
+- writes are atomic: temp file in the same folder, fsync, rename, fsync the folder;
+- every file carries a checksum of its header and payload, verified on load, so a truncated
+  or corrupt upload is one clear error instead of a traceback or silently wrong weights;
+- discovery picks the newest valid file by the `global_step` in its header.
+"""
+
+import dataclasses
+import datetime
+import json
+import mmap
+import os
+import random
+import re
+import struct
+import sys
+
+import numpy as np
+import torch
+import xxhash
+
+FORMAT = "baton/1"
+HASH_NAME = "xxh3_64"
+# Fixed-width placeholder: the real digest is written over it once the payload has streamed
+# past, so the file is written in one pass and the hash still covers the header.
+CHECKSUM_PLACEHOLDER = HASH_NAME + ":" + "0" * 16
+RAW_STRING_KEYS = {"format", "task", "kind", "created_at", "checksum"}  # not JSON-encoded
+ROLLING_RE = re.compile(r"^ckpt_e(\d+)_s(\d+)_g(\d+)\.safetensors$")
+HANDOFF_RE = re.compile(r"^checkpoint_part(\d+)\.safetensors$")
+BEST_NAME = "best_model.safetensors"
+LATEST_NAME = "latest.txt"
+WRITE_CHUNK = 64 << 20  # bytes per write() call; large tensors are written in slices
+
+DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
+DTYPES_BACK = {v: k for k, v in DTYPES.items()}
+
+
+class CheckpointError(Exception):
+    """A problem with a checkpoint file that the user can fix; the message is one sentence."""
+
+
+# -----------------------------------------------------------------------------
+# Flattening a nested state into tensors + a JSON skeleton
+
+def flatten_state(tree, prefix=""):
+    """Split a nested dict/list of tensors and JSON values into (tensors, skeleton).
+
+    Tensors are named by their path joined with '.', so `{"model": {"wte.weight": t}}`
+    stores `t` under `model.wte.weight`. The skeleton is the same tree with each tensor
+    replaced by `{"__tensor__": name}`; dicts with integer keys (optimizer state) are
+    marked so the keys come back as ints.
+    """
+    tensors = {}
+
+    def walk(node, path):
+        if isinstance(node, torch.Tensor):
+            if path in tensors:
+                raise ValueError(f"two tensors flatten to the same name {path!r}")
+            tensors[path] = node
+            return {"__tensor__": path}
+        if isinstance(node, dict):
+            int_keys = bool(node) and all(isinstance(k, int) for k in node)
+            if not int_keys and not all(isinstance(k, str) for k in node):
+                raise TypeError(f"checkpoint dict keys must be all str or all int at {path!r}")
+            items = {str(k): walk(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+            return {"__int_keys__": items} if int_keys else items
+        if isinstance(node, (list, tuple)):
+            return [walk(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node)]
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, (np.integer, np.floating)):
+            return node.item()
+        raise TypeError(f"cannot store {type(node).__name__} at {path!r} in a checkpoint")
+
+    return tensors, walk(tree, prefix)
+
+
+def unflatten_state(skeleton, tensors):
+    """Inverse of flatten_state."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"__tensor__"}:
+            return tensors[skeleton["__tensor__"]]
+        if set(skeleton) == {"__int_keys__"}:
+            return {int(k): unflatten_state(v, tensors) for k, v in skeleton["__int_keys__"].items()}
+        return {k: unflatten_state(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+# -----------------------------------------------------------------------------
+# RNG capture: Python, NumPy, torch CPU and every CUDA device
+
+def capture_rng():
+    version, mt_state, gauss_next = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    rng = {
+        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = list(torch.cuda.get_rng_state_all())
+    return rng
+
+
+def restore_rng(rng):
+    py = rng["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+    npr = rng["numpy"]
+    np.random.set_state((npr["name"], npr["keys"].numpy().astype(np.uint32), npr["pos"],
+                         npr["has_gauss"], npr["cached_gaussian"]))
+    torch.set_rng_state(rng["torch"].clone())
+    cuda_states = rng.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) != torch.cuda.device_count():
+            print(f"warning: checkpoint has RNG states for {len(cuda_states)} CUDA devices, "
+                  f"this machine has {torch.cuda.device_count()}; restoring the ones that match")
+        for i, state in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state.clone(), i)
+
+
+# -----------------------------------------------------------------------------
+# Writing
+
+def _tensor_bytes(t):
+    """A zero-copy byte view of a tensor's data (a copy only for GPU or non-contiguous tensors)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous().reshape(-1)
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def _encode_meta(meta):
+    out = {}
+    for key, value in meta.items():
+        out[key] = value if isinstance(value, str) and key in RAW_STRING_KEYS else json.dumps(value)
+    return out
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems (and Windows) cannot open a folder; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file(path, state, meta):
+    """Atomically write `state` (nested tensors + JSON) with header `meta` to `path`.
+
+    Returns the number of bytes written. The previous file at `path`, if any, stays whole
+    until the new one is complete on disk.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tensors, skeleton = flatten_state(state)
+
+    # Largest element size first keeps every tensor aligned to its element size (the header
+    # is padded to 8 bytes), so loaders can map tensors without copying.
+    names = sorted(tensors, key=lambda n: -tensors[n].element_size())
+    header, offset = {}, 0
+    for name in names:
+        t = tensors[name]
+        if t.dtype not in DTYPES:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    full_meta = {"format": FORMAT, "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    full_meta.update(meta)
+    full_meta["state"] = skeleton
+    full_meta["checksum"] = CHECKSUM_PLACEHOLDER
+    header["__metadata__"] = _encode_meta(full_meta)
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    checksum_at = 8 + header_bytes.index(CHECKSUM_PLACEHOLDER.encode()) + len(HASH_NAME) + 1
+
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    hasher = xxhash.xxh3_64()
+    hasher.update(header_bytes)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(header_bytes)))
+            f.write(header_bytes)
+            for name in names:
+                data = _tensor_bytes(tensors[name])
+                for start in range(0, len(data), WRITE_CHUNK):
+                    piece = data[start:start + WRITE_CHUNK]
+                    hasher.update(piece)
+                    f.write(piece)
+            f.seek(checksum_at)
+            f.write(hasher.hexdigest().encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CheckpointError(f"could not write {path}: {e.strerror or e}; existing checkpoints are untouched") from None
+        raise
+    _fsync_dir(folder)
+    return 8 + len(header_bytes) + offset
+
+
+def write_text_atomic(path, text):
+    """Atomically replace a small text file (latest.txt, metrics.json)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+# -----------------------------------------------------------------------------
+# Reading
+
+def _read_raw_header(f, path, size):
+    if size < 8:
+        raise CheckpointError(f"{path} is not a checkpoint: it is only {size} bytes long (truncated or empty)")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > 100_000_000 or 8 + n > size:
+        raise CheckpointError(f"{path} is truncated or not a safetensors file: its header claims {n} bytes, "
+                              f"the file has {size}")
+    raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is corrupt: its safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is corrupt: its safetensors header is not a JSON object")
+    return header, raw
+
+
+def _decode_meta(raw_meta):
+    meta = {}
+    for key, value in raw_meta.items():
+        if key in RAW_STRING_KEYS:
+            meta[key] = value
+            continue
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            meta[key] = value
+    return meta
+
+
+def read_header(path):
+    """Read only the header of a checkpoint: (metadata dict, tensor index). Cheap: no payload."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header, _ = _read_raw_header(f, path, size)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file") from None
+    meta = _decode_meta(header.pop("__metadata__", {}) or {})
+    return meta, header
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    path: str
+    meta: dict           # header metadata (format, task, part, epoch, global_step, config, ...)
+    state: dict          # the nested state as saved, tensors included
+    size: int
+
+
+def load(path, verify=True):
+    """Read and verify a Baton checkpoint; tensors are zero-copy views of a private memory map."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file") from None
+    with f:
+        header, raw_header = _read_raw_header(f, path, size)
+        raw_meta = header.pop("__metadata__", None) or {}
+        if raw_meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is a safetensors file but not a Baton checkpoint "
+                                  f"(format {raw_meta.get('format')!r}, expected {FORMAT!r})")
+        try:
+            payload = max((v["data_offsets"][1] for v in header.values()), default=0)
+        except (TypeError, KeyError, IndexError):
+            raise CheckpointError(f"{path} is corrupt: its tensor index is malformed") from None
+        start = 8 + len(raw_header)
+        if size != start + payload:
+            raise CheckpointError(f"{path} is truncated or damaged: expected {start + payload:,} bytes, "
+                                  f"found {size:,}; copy or upload it again")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    if verify:
+        expected = raw_meta.get("checksum", "")
+        algo, _, digest = expected.partition(":")
+        if algo != HASH_NAME or len(digest) != 16:
+            raise CheckpointError(f"{path} has no valid checksum in its header ({expected!r})")
+        hasher = xxhash.xxh3_64()
+        hasher.update(raw_header.replace(expected.encode(), CHECKSUM_PLACEHOLDER.encode(), 1))
+        view = memoryview(mm)
+        for at in range(start, size, WRITE_CHUNK):
+            hasher.update(view[at:min(at + WRITE_CHUNK, size)])
+        view.release()
+        if hasher.hexdigest() != digest:
+            raise CheckpointError(f"{path} is corrupt: its checksum does not match its contents; "
+                                  f"copy or upload it again")
+    tensors = {}
+    for name, info in header.items():
+        dtype = DTYPES_BACK.get(info.get("dtype"))
+        if dtype is None:
+            raise CheckpointError(f"{path} holds tensor {name!r} of unsupported dtype {info.get('dtype')!r}")
+        begin, end = info["data_offsets"]
+        count = (end - begin) // torch.empty((), dtype=dtype).element_size()
+        if count == 0:
+            tensors[name] = torch.empty(info["shape"], dtype=dtype)
+        else:
+            tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=start + begin).reshape(info["shape"])
+    meta = _decode_meta(raw_meta)
+    skeleton = meta.pop("state", None)
+    state = unflatten_state(skeleton, tensors) if skeleton is not None else {"model": _strip(tensors, "model.")}
+    return Checkpoint(path=path, meta=meta, state=state, size=size)
+
+
+def _strip(tensors, prefix):
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_legacy(path):
+    """Import an old `.pt/.pth` checkpoint ({'model_state_dict': ..., 'epoch': ...}).
+
+    Only `torch.load(weights_only=True)` is used: it unpickles plain tensors and containers and
+    refuses anything that would construct other objects or run code.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the unpickler raises several types; all mean "not a plain state"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+            reason = "it contains pickled objects or code, not only tensors"
+        raise CheckpointError(f"refusing to load {path}: {reason} (Baton reads .pt/.pth files only with "
+                              f"torch.load(weights_only=True))") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a checkpoint dict (found {type(obj).__name__})")
+    if "model_state_dict" in obj:
+        model = obj["model_state_dict"]
+    elif "state_dict" in obj:
+        model = obj["state_dict"]
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        model = obj  # a bare state_dict
+    else:
+        raise CheckpointError(f"{path} has no 'model_state_dict' (keys: {', '.join(map(str, list(obj)[:8]))})")
+    # Weights saved from DataParallel/DDP or torch.compile carry a wrapper prefix.
+    model = {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in model.items()}
+    state = {"model": model}
+    for ours, theirs in (("optimizer", "optimizer_state_dict"), ("scaler", "scaler_state_dict"),
+                         ("scheduler", "scheduler_state_dict")):
+        if isinstance(obj.get(theirs), dict):
+            state[ours] = obj[theirs]
+    meta = {"format": "legacy", "kind": "legacy", "task": obj.get("task"),
+            "epoch": int(obj.get("epoch", 0) or 0), "step_in_epoch": int(obj.get("step", 0) or 0),
+            "global_step": int(obj.get("global_step", obj.get("step", 0)) or 0),
+            "legacy_keys": sorted(map(str, obj))}
+    return Checkpoint(path=path, meta=meta, state=state, size=os.path.getsize(path))
+
+
+def read_weights_folder(folder):
+    """The weights of a Hugging Face model folder as one state dict: `model.safetensors` (or its
+    shards listed in `model.safetensors.index.json`), else `pytorch_model.bin` read with
+    weights_only=True, never a full unpickle."""
+    from safetensors.torch import load_file
+
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"pretrained folder {folder} does not exist")
+    single = os.path.join(folder, "model.safetensors")
+    index = single + ".index.json"
+    if os.path.exists(single):
+        return load_file(single)
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        sd = {}
+        for shard in shards:
+            sd.update(load_file(os.path.join(folder, shard)))
+        return sd
+    bin_path = os.path.join(folder, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return load_legacy(bin_path).state["model"]
+    raise CheckpointError(f"{folder} has no model.safetensors or pytorch_model.bin")
+
+
+def load_any(path):
+    """A Baton `.safetensors` checkpoint (verified) or a legacy `.pt/.pth` file."""
+    if os.fspath(path).endswith((".pt", ".pth", ".bin")):
+        return load_legacy(path)
+    return load(path)
+
+
+# -----------------------------------------------------------------------------
+# Discovery, pruning and the files of a run folder
+
+@dataclasses.dataclass
+class Found:
+    path: str
+    size: int
+    kind: str = "?"        # "train" (resumable), "weights" (best model), or "?" when unreadable
+    task: str = None
+    part: int = None
+    epoch: int = None
+    step_in_epoch: int = None
+    global_step: int = -1
+    problem: str = None    # why the file cannot be used; None when its header reads
+
+
+def scan(roots):
+    """Every `.safetensors` file under `roots` (recursively), with what its header says."""
+    found, seen = [], set()
+    for root in roots:
+        if not root or not os.path.isdir(root):
+            continue
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(files):
+                if not name.endswith(".safetensors") or name.startswith("."):
+                    continue
+                path = os.path.join(folder, name)
+                real = os.path.realpath(path)
+                if real in seen:
+                    continue
+                seen.add(real)
+                item = Found(path=path, size=os.path.getsize(path))
+                try:
+                    meta, _ = read_header(path)
+                    if meta.get("format") != FORMAT:
+                        item.problem = "not a Baton checkpoint"
+                    else:
+                        item.kind = meta.get("kind", "train")
+                        item.task = meta.get("task")
+                        item.part = meta.get("part")
+                        item.epoch = meta.get("epoch")
+                        item.step_in_epoch = meta.get("step_in_epoch")
+                        item.global_step = int(meta.get("global_step", -1))
+                except (CheckpointError, OSError, ValueError) as e:
+                    item.problem = str(e)
+                found.append(item)
+    return found
+
+
+def newest_valid(found, task=None, kind="train"):
+    """Load the newest checkpoint by global step that verifies; also return the ones skipped.
+
+    Hand-off files win ties with rolling files of the same step, and file times are never used:
+    a copy uploaded later is not newer training.
+    """
+    skipped = []
+    candidates = [f for f in found if f.problem is None and f.kind == kind and (task is None or f.task == task)]
+    candidates.sort(key=lambda f: (f.global_step, HANDOFF_RE.match(os.path.basename(f.path)) is not None), reverse=True)
+    for item in candidates:
+        try:
+            return load(item.path), skipped
+        except CheckpointError as e:
+            item.problem = str(e)
+            skipped.append(item)
+    return None, skipped
+
+
+def rolling_name(epoch, step_in_epoch, global_step):
+    return f"ckpt_e{epoch}_s{step_in_epoch}_g{global_step}.safetensors"
+
+
+def handoff_name(part):
+    return f"checkpoint_part{part}.safetensors"
+
+
+def prune(folder, keep_last):
+    """Delete all but the newest `keep_last` rolling checkpoints in `folder`; returns what went.
+
+    Only files named like rolling checkpoints are touched; hand-offs and the best model never are.
+    """
+    if keep_last is None or keep_last < 0:
+        return []
+    rolling = []
+    for name in os.listdir(folder):
+        m = ROLLING_RE.match(name)
+        if m:
+            rolling.append((int(m.group(3)), name))
+    rolling.sort(reverse=True)
+    removed = []
+    for _, name in rolling[keep_last:]:
+        try:
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def remove_stale_temp_files(folder):
+    """Temp files left by a process killed mid-write are garbage: the rename never happened."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(".") and ".safetensors.tmp" in name:
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def file_size_text(nbytes):
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+
+
+if __name__ == "__main__":  # `python ckpt.py FILE...`: verify files and print their headers
+    status = 0
+    for p in sys.argv[1:]:
+        try:
+            ck = load_any(p)
+            keys = ("task", "kind", "part", "epoch", "step_in_epoch", "global_step", "created_at")
+            print(f"OK   {p} ({file_size_text(ck.size)}): " + ", ".join(f"{k}={ck.meta.get(k)}" for k in keys))
+        except CheckpointError as e:
+            print(f"BAD  {e}")
+            status = 1
+    sys.exit(status)

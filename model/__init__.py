@@ -1,0 +1,1 @@
+"""Baton's models: pure nn.Modules (no optimizers, data or training code)."""

@@ -1,0 +1,252 @@
+"""A GPT-2 style language model, small enough to read in one sitting.
+
+Module and parameter names are GPT-2's (`transformer.h.0.attn.c_attn.weight`, ...), so loading a
+Hugging Face GPT-2 folder is nearly an identity: the only change is that GPT-2 stores its
+projection weights as Conv1D (in, out) where we use nn.Linear (out, in). For the same weights
+the logits match `transformers`' GPT2LMHeadModel (see tests/test_gpt.py).
+
+Shapes: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size (C // nh), V vocab.
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from ckpt import read_weights_folder
+
+
+@dataclasses.dataclass
+class GPTConfig:
+    vocab_size: int = 256        # tokens; 256 for the byte tokenizer, 50257 for GPT-2's BPE
+    block_size: int = 256        # longest context (GPT-2: n_positions)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.1         # embedding and residual dropout (GPT-2: embd_pdrop, resid_pdrop)
+    attn_dropout: float = 0.0    # dropout on attention probabilities (GPT-2: attn_pdrop); on CPU it
+                                 # costs ~35% of a step (a random draw per B*nh*T*T score)
+    layer_norm_epsilon: float = 1e-5
+    tie_embeddings: bool = True  # lm_head shares the token embedding matrix, as in GPT-2
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+# GPT-2 checkpoints store these as Conv1D weights of shape (in, out); nn.Linear wants (out, in).
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Buffers some GPT-2 checkpoints carry (the causal mask); we build masks inside SDPA instead.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.attn_dropout = cfg.attn_dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        # GPT-2's "gelu_new" is the tanh approximation of GELU.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.gradient_checkpointing = False  # recompute each block in backward to save memory
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of residual projections by 1/sqrt(2 * n_layer): each block adds
+        # two of them to the residual stream, so this keeps its variance from growing with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden_states(self, idx):
+        """Token ids (B, T) -> final hidden states (B, T, C), after the last layer norm."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx):
+        """Token ids (B, T) -> next-token logits (B, T, V)."""
+        return self.lm_head(self.hidden_states(idx))
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Extend idx (B, T) by sampling max_new_tokens tokens; temperature 0 means greedy."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size:]  # (B, <=block_size)
+            logits = self(context)[:, -1, :]  # (B, V)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits.float(), dim=-1)
+                next_id = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+    # ------------------------------------------------------------------ Hugging Face layout
+
+    @classmethod
+    def config_from_hf(cls, hf):
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"config.json describes a {hf.get('model_type')!r} model, not GPT-2")
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"unsupported activation {hf['activation_function']!r} (GPT-2 uses gelu_new)")
+        if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            raise ValueError("only GPT-2's MLP width (n_inner = 4 * n_embd) is supported")
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+            raise ValueError("scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+        if not hf.get("scale_attn_weights", True):
+            raise ValueError("scale_attn_weights=false is not supported")
+        return GPTConfig(
+            vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+            dropout=hf.get("resid_pdrop", 0.1), attn_dropout=hf.get("attn_pdrop", 0.1),
+            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+        )
+
+    @classmethod
+    def from_pretrained(cls, folder, **overrides):
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin).
+
+        `overrides` replace config fields that do not change weight shapes (dropout, block_size
+        no larger than the checkpoint's).
+        """
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            cfg = cls.config_from_hf(json.load(f))
+        n_positions = cfg.block_size
+        cfg = dataclasses.replace(cfg, **overrides)
+        if cfg.block_size > n_positions:
+            raise ValueError(f"block_size {cfg.block_size} exceeds the checkpoint's n_positions {n_positions}")
+        sd = read_weights_folder(folder)
+        model = cls(cfg)
+        ours = model.state_dict()
+        converted = {}
+        for key, value in sd.items():
+            name = key[len("transformer."):] if key.startswith("transformer.") else key
+            if name.endswith(IGNORED_SUFFIXES):
+                continue
+            name = name if name == "lm_head.weight" else "transformer." + name
+            if name.endswith(CONV1D_SUFFIXES):
+                value = value.t()
+            if name == "transformer.wpe.weight":
+                value = value[: cfg.block_size]
+            converted[name] = value
+        if cfg.tie_embeddings:
+            converted.pop("lm_head.weight", None)
+            converted["lm_head.weight"] = converted.get("transformer.wte.weight")
+        missing = sorted(set(ours) - set(converted))
+        unexpected = sorted(set(converted) - set(ours))
+        if missing or unexpected:
+            raise ValueError(f"GPT-2 weights in {folder} do not fit: missing {missing[:6]}, unexpected {unexpected[:6]}")
+        for name, value in converted.items():
+            if value.shape != ours[name].shape:
+                raise ValueError(f"{name}: checkpoint shape {tuple(value.shape)} != model shape {tuple(ours[name].shape)}")
+        model.load_state_dict(converted)
+        return model
+
+    def save_pretrained(self, folder):
+        """Write config.json + model.safetensors in GPT-2's layout (opens with transformers)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        cfg = self.config
+        hf = {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_ctx": cfg.block_size,
+            "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,
+            "activation_function": "gelu_new", "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
+            "attn_pdrop": cfg.attn_dropout, "layer_norm_epsilon": cfg.layer_norm_epsilon,
+            "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
+            "bos_token_id": cfg.vocab_size - 1, "eos_token_id": cfg.vocab_size - 1,
+            "tie_word_embeddings": cfg.tie_embeddings,
+        }
+        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf, f, indent=2)
+        sd = {}
+        for name, value in self.state_dict().items():
+            if name == "lm_head.weight" and cfg.tie_embeddings:
+                continue  # tied to wte; transformers re-ties it on load
+            if name.endswith(CONV1D_SUFFIXES):
+                value = value.t()
+            sd[name] = value.detach().cpu().contiguous()
+        save_file(sd, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+

@@ -1,0 +1,8 @@
+"""Tests import the project's top-level modules (ckpt, model, data) from the repository root."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)

@@ -1,0 +1,279 @@
+"""train_part.py end to end on the lm task: exact resume, stopping, bad input, and inference.
+
+Most runs are in-process (main() returns the exit code) with a tiny model on a tiny text, so a
+run takes about a second; the tests about signals and the wall-clock budget use real processes.
+"""
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ckpt
+import infer
+import train_part
+from data import text as text_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 1680 bytes -> 93 training windows of 16 -> 23 micro-batches of 4 -> 12 optimizer steps per epoch
+# with grad_accum 2, the last one a single micro-batch. Dropout of both kinds is on.
+TINY = ["--set", "n_layer=2", "--set", "n_head=2", "--set", "n_embd=32", "--set", "block_size=16",
+        "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "dropout=0.2", "--set", "attn_dropout=0.1",
+        "--set", "eval_every_steps=4", "--set", "eval_batches=2", "--set", "warmup_steps=3",
+        "--set", "log_every_steps=1", "--set", "save_every_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    path.write_text(text_data.read_corpus()[:1680])
+    return str(path)
+
+
+def train(out, corpus, *extra, part=1):
+    return train_part.main(["--task", "lm", "--part", str(part), "--out", str(out), "--data", corpus]
+                           + TINY + list(extra), started=time.time())
+
+
+def final_state(out, part):
+    return ckpt.load(os.path.join(out, ckpt.handoff_name(part)))
+
+
+def assert_bit_identical(a, b):
+    assert a.meta["global_step"] == b.meta["global_step"]
+    for section in ("model", "rng"):
+        fa, fb = ckpt.flatten_state(a.state[section])[0], ckpt.flatten_state(b.state[section])[0]
+        assert fa.keys() == fb.keys()
+        for k in fa:
+            assert torch.equal(fa[k], fb[k]), f"{section}.{k} differs"
+    oa, ob = a.state["optimizer"]["state"], b.state["optimizer"]["state"]
+    for i in oa:
+        for k in oa[i]:
+            assert torch.equal(oa[i][k], ob[i][k]), f"optimizer {i}.{k} differs"
+    ha = {k: v for k, v in a.state["history"].items() if k != "parts"}
+    hb = {k: v for k, v in b.state["history"].items() if k != "parts"}
+    assert ha == hb  # every logged loss, LR and validation value matches too
+
+
+# stops: mid-epoch; two interruptions inside one epoch; exactly at the epoch boundary; just before
+# the epoch's short final window.
+@pytest.mark.parametrize("stops", [(5,), (3, 8), (12,), (11,)])
+def test_interrupted_run_is_bit_identical_to_uninterrupted(tmp_path, corpus, stops):
+    total = 15  # crosses into the second epoch
+    assert train(tmp_path / "straight", corpus, "--max-steps", str(total)) == 0
+    parts = list(stops) + [total]
+    for part, stop in enumerate(parts, start=1):
+        assert train(tmp_path / "legs", corpus, "--max-steps", str(stop), part=part) == 0
+    assert_bit_identical(final_state(tmp_path / "straight", 1), final_state(tmp_path / "legs", len(parts)))
+
+
+def test_epoch_boundary_and_files_of_a_run(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "14", "--set", "save_every_steps=3", "--set", "keep_last=2") == 0
+    names = sorted(os.listdir(out))
+    assert names == sorted(["best_model.safetensors", "checkpoint_part1.safetensors", "latest.txt", "metrics.json",
+                            ckpt.rolling_name(1, 0, 12), ckpt.rolling_name(0, 9, 9)])
+    handoff = final_state(out, 1)
+    assert (handoff.meta["epoch"], handoff.meta["step_in_epoch"], handoff.meta["global_step"]) == (1, 2, 14)
+    assert (out / "latest.txt").read_text().strip() == "checkpoint_part1.safetensors"
+    best = ckpt.load(out / "best_model.safetensors")
+    assert best.meta["kind"] == "weights" and set(best.state) == {"model"}
+    assert best.meta["metrics"]["val_loss"] == handoff.state["best"]["value"]
+
+
+def test_metrics_json_grows_across_parts(tmp_path, corpus):
+    import json
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "4") == 0
+    assert train(out, corpus, "--max-steps", "8", part=2) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    n = len(metrics["steps"])
+    assert metrics["steps"] == list(range(1, 9))
+    assert all(len(metrics[k]) == n for k in ("epochs", "learning_rate", "train_loss", "val_loss", "perplexity"))
+    assert [v is not None for v in metrics["val_loss"]] == [s % 4 == 0 for s in metrics["steps"]]
+    assert metrics["parts"] == [{"part": 1, "start_step": 0}, {"part": 2, "start_step": 4}]
+
+
+def test_learning_rate_plan():
+    cfg = train_part.LMConfig(epochs=2, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, phase2_epochs=1, phase2_lr=5e-6)
+    lr = [train_part.learning_rate(s, cfg, steps_per_epoch=50) for s in range(150)]
+    assert lr[0] == pytest.approx(1e-4) and lr[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lr[9:100], lr[10:100]))  # cosine only goes down
+    assert lr[99] == pytest.approx(1e-4, rel=0.01)  # ends phase 1 at lr * min_lr_ratio
+    assert lr[100:] == [5e-6] * 50
+
+
+def test_truncated_newest_checkpoint(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "4", "--set", "save_every_steps=2", "--set", "keep_last=5") == 0
+    for name in (ckpt.rolling_name(0, 4, 4), ckpt.handoff_name(1)):
+        path = out / name
+        path.write_bytes(path.read_bytes()[:-1000])
+    capsys.readouterr()
+    # Named explicitly: one sentence, non-zero exit.
+    assert train(out, corpus, "--resume", str(out / ckpt.handoff_name(1)), part=2) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "truncated" in err and "\n" not in err
+    # Found automatically: both broken files are named and skipped, the valid one at step 2 is used.
+    assert train(out, corpus, "--max-steps", "6", part=2) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipping") == 2 and "truncated" in printed
+    assert "resumed from" in printed and ckpt.rolling_name(0, 2, 2) in printed
+    assert final_state(out, 2).meta["global_step"] == 6
+
+
+def test_malicious_pickle_as_resume_is_refused(tmp_path, corpus, capsys):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for name in ("x.pt", "x.pth"):
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({"model_state_dict": {"w": Exploit()}}, f)
+        assert train(tmp_path / "run", corpus, "--resume", str(tmp_path / name)) == 2
+        assert "refusing" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_wrong_task_checkpoint_is_refused(tmp_path, corpus, capsys):
+    path = tmp_path / "asr.safetensors"
+    ckpt.write_file(path, {"model": {"w": torch.zeros(2)}}, {"task": "asr", "kind": "train", "global_step": 3})
+    assert train(tmp_path / "run", corpus, "--resume", str(path)) == 2
+    err = capsys.readouterr().err
+    assert "task 'asr'" in err and "--task asr" in err
+
+
+def test_settings_errors_and_changes_on_resume(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--set", "no_such_key=1") == 2
+    err = capsys.readouterr().err
+    assert "unknown setting 'no_such_key'" in err and "batch_size" in err
+    assert train(out, corpus, "--set", "batch_size=four") == 2
+    assert "expected int" in capsys.readouterr().err
+    assert train(out, corpus, "--data", str(tmp_path / "missing.txt")) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+    assert train(out, corpus, "--max-steps", "2") == 0
+    capsys.readouterr()
+    assert train(out, corpus, "--max-steps", "4", "--set", "lr=0.0005", part=2) == 0
+    assert "lr changed from 0.001 to 0.0005" in capsys.readouterr().out
+    assert final_state(out, 2).meta["config"]["lr"] == 0.0005
+    assert train(out, corpus, "--max-steps", "6", "--set", "n_embd=64", part=3) == 2
+    assert "different model" in capsys.readouterr().err
+
+
+def test_slow_disk_final_save_still_lands_inside_the_budget(tmp_path, corpus, monkeypatch):
+    real_write = ckpt.write_file
+
+    def slow_write(path, state, meta):  # a disk that takes 0.8 s per file, whatever its size
+        time.sleep(0.8)
+        return real_write(path, state, meta)
+
+    monkeypatch.setattr(ckpt, "write_file", slow_write)
+    budget_s = 8.0
+    started = time.time()
+    code = train_part.main(["--task", "lm", "--out", str(tmp_path / "run"), "--data", corpus, "--budget-hours",
+                            str(budget_s / 3600), *TINY, "--set", "save_every_steps=5"], started=started)
+    elapsed = time.time() - started
+    assert code == 0 and elapsed < budget_s
+    assert final_state(tmp_path / "run", 1).meta["global_step"] > 0
+
+
+def test_infer_generates_from_folder_best_and_full_checkpoint(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "8") == 0
+    for target in (out, out / "best_model.safetensors", out / "checkpoint_part1.safetensors"):
+        capsys.readouterr()
+        assert infer.main(["--task", "lm", "--ckpt", str(target), "--prompt", "KING", "--max-new-tokens", "20"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("KING") and len(text.rstrip("\n")) >= 20
+    legacy = tmp_path / "old.pt"
+    torch.save({"model_state_dict": {"w": torch.zeros(1)}}, legacy)
+    assert infer.main(["--task", "lm", "--ckpt", str(legacy)]) == 2
+    assert "legacy" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- real processes
+
+def spawn(out, corpus, *extra):
+    cmd = [sys.executable, "-u", os.path.join(ROOT, "train_part.py"), "--task", "lm", "--out", str(out),
+           "--data", corpus, *TINY, *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(proc, needle, timeout=60):
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        if needle in line or time.time() > deadline:
+            return line
+    return ""
+
+
+def test_sigterm_saves_at_the_next_step_and_the_next_part_resumes(tmp_path, corpus):
+    out = tmp_path / "run"
+    proc = spawn(out, corpus, "--set", "epochs=1000")
+    assert "model:" in wait_for_line(proc, "model:")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "stopped: signal SIGTERM" in stdout and "Traceback" not in stderr
+    step = final_state(out, 1).meta["global_step"]
+    assert step > 0
+    proc = spawn(out, corpus, "--part", "2", "--max-steps", str(step + 2))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert f"global step {step}" in stdout and final_state(out, 2).meta["global_step"] == step + 2
+
+
+def test_sigterm_while_still_importing_exits_cleanly(tmp_path, corpus):
+    out = tmp_path / "run"
+    proc = spawn(out, corpus)
+    time.sleep(0.3)  # inside `import torch`
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert final_state(out, 1).meta["global_step"] == 0
+
+
+def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, corpus):
+    out = tmp_path / "run"
+    rng = random.Random(0)
+    for attempt in range(4):
+        proc = spawn(out, corpus, "--set", "save_every_steps=1", "--set", "keep_last=2", "--set", "epochs=1000",
+                     "--part", str(attempt + 1))
+        wait_for_line(proc, "model:")
+        time.sleep(rng.uniform(0.2, 2.0))
+        proc.kill()
+        proc.communicate()
+        files = [n for n in os.listdir(out) if n.endswith(".safetensors")]
+        for name in files:
+            ckpt.load(out / name)  # raises if any file is half-written
+    found = ckpt.scan([str(out)])
+    newest = max(f.global_step for f in found if f.kind == "train")
+    proc = spawn(out, corpus, "--part", "9", "--max-steps", str(newest + 1))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert f"global step {newest}" in stdout
+    assert not [n for n in os.listdir(out) if ".tmp" in n]  # stale temp files were cleaned up
+
+
+def test_wall_clock_budget_is_used_and_respected(tmp_path, corpus):
+    budget_s = 14.0
+    t0 = time.time()
+    proc = spawn(tmp_path / "run", corpus, "--budget-hours", str(budget_s / 3600), "--set", "epochs=1000")
+    stdout, stderr = proc.communicate(timeout=60)
+    elapsed = time.time() - t0
+    assert proc.returncode == 0, stderr
+    assert 0.75 * budget_s <= elapsed < budget_s, elapsed
+    assert "stopped: time budget" in stdout
+    assert final_state(tmp_path / "run", 1).meta["global_step"] > 0
+    assert "next: python train_part.py --task lm --part 2" in stdout
