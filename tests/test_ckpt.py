@@ -75,6 +75,22 @@ def test_file_is_plain_safetensors_with_the_contract_header(tmp_path):
     assert weight.shape == (7, 5)
 
 
+def test_tied_weights_are_stored_once_and_load_into_both_names(tmp_path):
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    model = torch.nn.ModuleDict({"wte": emb, "lm_head": head})
+    path = tmp_path / "tied.safetensors"
+    ckpt.write_file(path, {"model": model.state_dict()}, {"kind": "test"})
+    with safe_open(str(path), framework="pt") as f:
+        assert sorted(f.keys()) == ["model.wte.weight"]
+    loaded = ckpt.load(path).state["model"]
+    assert torch.equal(loaded["lm_head.weight"], emb.weight.detach())
+    fresh = torch.nn.ModuleDict({"wte": torch.nn.Embedding(10, 4), "lm_head": torch.nn.Linear(4, 10, bias=False)})
+    fresh.load_state_dict(loaded)  # strict: both names are present
+    assert torch.equal(fresh["lm_head"].weight, emb.weight)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "payload_byte", "header_digit", "empty"])
 def test_damaged_files_are_one_clear_error(tmp_path, damage):
     path = tmp_path / "a.safetensors"
@@ -97,21 +113,35 @@ def test_damaged_files_are_one_clear_error(tmp_path, damage):
     assert any(w in message for w in ("truncated", "corrupt", "checksum", "bytes long"))
 
 
+class DiskFullAfter:
+    """A file object whose disk fills up after `limit` bytes, like ENOSPC in the middle of a save."""
+
+    def __init__(self, f, limit):
+        self.f, self.left = f, limit
+
+    def write(self, data):
+        self.left -= len(data)
+        if self.left < 0:
+            raise OSError(28, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "a.safetensors"
     write(path, global_step=1)
     before = path.read_bytes()
-    calls = {"n": 0}
-    real = ckpt._tensor_bytes
-
-    def failing(t):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(28, "No space left on device")
-        return real(t)
-
-    monkeypatch.setattr(ckpt, "_tensor_bytes", failing)
-    with pytest.raises(ckpt.CheckpointError, match="No space left"):
+    monkeypatch.setattr(ckpt, "open", lambda p, mode="r", **kw: DiskFullAfter(open(p, mode, **kw), 600),
+                        raising=False)
+    with pytest.raises(ckpt.CheckpointError, match="No space left.*untouched"):
         write(path, global_step=2)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["a.safetensors"]

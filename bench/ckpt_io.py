@@ -1,0 +1,149 @@
+"""Checkpoint save/load speed: ckpt.py against torch.save/torch.load, the safetensors library,
+and a plain sequential write/read of the same bytes. Prints figures; asserts nothing.
+
+    python bench/ckpt_io.py [--folder DIR] [--repeat 3] [--n-layer 12 --n-embd 768]
+
+The default model is GPT-2 small (124M parameters) with AdamW state (two moments per
+parameter), so a checkpoint holds ~1.5 GB. Every write is fsynced (a checkpoint that is not on
+disk is not a checkpoint). Loads are timed twice: "cold" after asking the kernel to drop the
+file from the page cache (posix_fadvise DONTNEED; best effort), and "hot" straight after.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ckpt  # noqa: E402
+from model.gpt import GPT, GPTConfig  # noqa: E402
+
+
+def build_state(n_layer, n_embd):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50257, block_size=1024, n_layer=n_layer, n_head=12, n_embd=n_embd))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt.step()  # creates exp_avg and exp_avg_sq for every parameter
+    return model, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt.capture_rng()}
+
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def drop_cache(path):
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+
+
+def timed(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--folder", default=None, help="where to write (default: a temp folder on the same disk as the repo)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--n-layer", type=int, default=12)
+    p.add_argument("--n-embd", type=int, default=768)
+    args = p.parse_args()
+    folder = args.folder or tempfile.mkdtemp(prefix="baton-bench-", dir=os.path.dirname(os.path.abspath(__file__)))
+    os.makedirs(folder, exist_ok=True)
+
+    model, state = build_state(args.n_layer, args.n_embd)
+    tensors, _ = ckpt.flatten_state(state)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    mb = nbytes / 1e6
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; state {mb:,.0f} MB "
+          f"in {len(tensors)} tensors; folder {folder}; torch {torch.__version__}, {os.cpu_count()} CPUs")
+    paths = {k: os.path.join(folder, f"bench.{k}") for k in ("baton", "torch", "st", "plain")}
+
+    def baton_save():
+        ckpt.write_file(paths["baton"], state, {"task": "bench", "kind": "train", "global_step": 1})
+
+    def torch_save():
+        torch.save(state, paths["torch"])
+        fsync_path(paths["torch"])
+
+    def safetensors_save():
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in tensors.items()}, paths["st"])
+        fsync_path(paths["st"])
+
+    def plain_write():
+        with open(paths["plain"], "wb") as f:
+            for t in tensors.values():
+                f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            f.flush()
+            os.fsync(f.fileno())
+
+    saves = [("plain write of the same bytes", plain_write), ("ckpt.write_file (atomic, checksummed)", baton_save),
+             ("torch.save", torch_save), ("safetensors.save_file", safetensors_save)]
+    results = {}
+    print(f"\nsave ({args.repeat} runs each, median, fsync included)")
+    for name, fn in saves:
+        results[name] = timed(fn, args.repeat)
+    plain = results[saves[0][0]]
+    for name, _ in saves:
+        s = results[name]
+        print(f"  {name:40s} {s:6.2f} s  {mb / s:7.0f} MB/s  {plain / s:5.0%} of plain-write speed")
+
+    def plain_read():
+        with open(paths["plain"], "rb") as f:
+            f.read()
+
+    def baton_load():
+        saved = ckpt.load(paths["baton"])  # verifies the checksum: every byte is read
+        model.load_state_dict(saved.state["model"])
+
+    def torch_load():
+        obj = torch.load(paths["torch"], weights_only=True)
+        model.load_state_dict(obj["model"])
+
+    def torch_load_mmap():
+        obj = torch.load(paths["torch"], weights_only=True, mmap=True)
+        model.load_state_dict(obj["model"])
+
+    def safetensors_load():
+        from safetensors.torch import load_file
+        sd = load_file(paths["st"])
+        model.load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}, strict=False)
+
+    loads = [("plain read of the same bytes", plain_read, "plain"),
+             ("ckpt.load (mmap, checksum verified)", baton_load, "baton"),
+             ("torch.load(weights_only=True)", torch_load, "torch"),
+             ("torch.load(weights_only=True, mmap=True)", torch_load_mmap, "torch"),
+             ("safetensors.load_file", safetensors_load, "st")]
+    print("\nload (state into memory, model weights copied into the model)")
+    print(f"  {'':40s} {'cold':>8s} {'hot':>8s}")
+    for name, fn, key in loads:
+        def cold():
+            drop_cache(paths[key])
+            fn()
+        c, h = timed(cold, args.repeat), timed(fn, args.repeat)
+        print(f"  {name:40s} {c:6.2f} s {h:6.2f} s   ({mb / c:5.0f} / {mb / h:5.0f} MB/s)")
+    sizes = {k: os.path.getsize(v) / 1e6 for k, v in paths.items()}
+    print("\nfile sizes: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in sizes.items()))
+    for path in paths.values():
+        os.remove(path)
+    if args.folder is None:
+        os.rmdir(folder)
+
+
+if __name__ == "__main__":
+    main()
