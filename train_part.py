@@ -474,78 +474,91 @@ def main(argv=None, started=None):
         return 2
 
 
-def run(args, started):
-    budget = TimeBudget(args.budget_hours, started)
+def choose_device(args):
+    """Device and precision, decided once: bf16 only where the GPU does it natively (compute
+    capability 8.0+); T4/P100 get fp16 with a GradScaler; CPU runs in fp32 unless asked."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible")
-    if args.amp is None:
-        args.amp = "off" if device.type == "cpu" else ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16")
+    amp = args.amp
+    if amp is None:
+        amp = "off" if device.type == "cpu" else ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    os.makedirs(args.out, exist_ok=True)
-    ckpt.remove_stale_temp_files(args.out)
+    return device, amp
 
-    # ---- config: from the checkpoint when resuming, then the command line on top
-    saved = find_resume(args)
+
+def resolve_config(args, saved):
+    """Defaults + --set for a fresh run; the checkpoint's config + --set when resuming, printing
+    every field that changed, because the run then differs from an uninterrupted one."""
     cfg_cls = CONFIGS[args.task]
     cli = list(args.settings) + ([f"data={args.data}"] if args.data is not None else []) + \
         ([f"seed={args.seed}"] if args.seed is not None else [])
-    resuming = saved is not None and saved.meta.get("kind") == "train"
-    if resuming and isinstance(saved.meta.get("config"), dict):
-        old = config_from_dict(cfg_cls, saved.meta["config"])
-        cfg = apply_settings(old, cli)
-        for name, before, after in config_changes(old, cfg):
-            print(f"warning: {name} changed from {before!r} to {after!r} on resume; the run will not be "
-                  f"identical to an uninterrupted one")
-    else:
-        cfg = apply_settings(cfg_cls(), cli)
+    if saved is None or saved.meta.get("kind") != "train" or not isinstance(saved.meta.get("config"), dict):
+        return apply_settings(cfg_cls(), cli)
+    old = config_from_dict(cfg_cls, saved.meta["config"])
+    cfg = apply_settings(old, cli)
+    for name, before, after in config_changes(old, cfg):
+        print(f"warning: {name} changed from {before!r} to {after!r} on resume; the run will not be "
+              f"identical to an uninterrupted one")
+    return cfg
+
+
+def restore(saved, args, task, optimizer, scaler):
+    """Load a checkpoint into model/optimizer/scaler/RNG; returns (progress, best, history)."""
+    progress = {"epoch": 0, "batch_in_epoch": 0, "step_in_epoch": 0, "global_step": 0}
+    best = {"metric": task.best_metric, "value": None, "step": None}
+    if saved is None:
+        return progress, best, new_history()
+    check_compatible(saved, args, task.model)
+    task.model.load_state_dict(saved.state["model"])
+    if saved.meta.get("kind") != "train":  # weights-only or legacy: counters from the file where it has them
+        if saved.state.get("optimizer"):
+            try:
+                optimizer.load_state_dict(saved.state["optimizer"])
+            except (ValueError, KeyError) as e:
+                print(f"note: optimizer state of {saved.path} not used ({e})")
+        progress["global_step"] = int(saved.meta.get("global_step") or 0)
+        progress["epoch"] = int(saved.meta.get("epoch") or 0)
+        print(f"initialised from {saved.path} (weights{' + optimizer' if saved.state.get('optimizer') else ''}); "
+              f"RNG and data position start fresh at global step {progress['global_step']}")
+        return progress, best, new_history()
+    optimizer.load_state_dict(saved.state["optimizer"])
+    if saved.state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(saved.state["scaler"])
+    if saved.meta.get("data_fingerprint") != task.fingerprint:
+        print("warning: the training data differs from the checkpoint's; the data order will differ")
+    ckpt.restore_rng(saved.state["rng"])  # last, after everything that draws random numbers is built
+    progress = dict(saved.state["progress"])
+    print(f"resumed from {saved.path}: epoch {progress['epoch']}, step {progress['step_in_epoch']} "
+          f"in epoch, global step {progress['global_step']}")
+    return progress, dict(saved.state["best"]), saved.state["history"]
+
+
+def run(args, started):
+    budget = TimeBudget(args.budget_hours, started)
+    device, amp = choose_device(args)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt.remove_stale_temp_files(args.out)
+    saved = find_resume(args)
+    cfg = resolve_config(args, saved)
     print_config(cfg)
 
-    # ---- task, model, optimizer
+    # ---- task, model, optimizer, and the state they resume from
     random_seed_everything(cfg.seed)
-    task = BUILDERS[args.task](cfg, device, saved.meta.get("task_meta") if resuming else None)
+    task = BUILDERS[args.task](cfg, device, saved.meta.get("task_meta") if saved and saved.meta.get("kind") == "train" else None)
     model = task.model
     optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
     steps_per_epoch = math.ceil(len(task.sampler) / cfg.grad_accum)
     total_steps = planned_steps(cfg, steps_per_epoch)
     total_epochs = cfg.epochs + cfg.phase2_epochs
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters on {device} (amp {args.amp}); "
+    print(f"model: {n_params / 1e6:.2f}M parameters on {device} (amp {amp}); "
           f"{steps_per_epoch} steps/epoch, {total_steps} planned steps")
-
-    # ---- resume
-    progress = {"epoch": 0, "batch_in_epoch": 0, "step_in_epoch": 0, "global_step": 0}
-    best = {"metric": task.best_metric, "value": None, "step": None}
-    history = new_history()
-    if saved is not None:
-        check_compatible(saved, args, model)
-        model.load_state_dict(saved.state["model"])
-        if resuming:
-            optimizer.load_state_dict(saved.state["optimizer"])
-            if saved.state.get("scaler") and scaler.is_enabled():
-                scaler.load_state_dict(saved.state["scaler"])
-            progress = dict(saved.state["progress"])
-            best = dict(saved.state["best"])
-            history = saved.state["history"]
-            if saved.meta.get("data_fingerprint") != task.fingerprint:
-                print("warning: the training data differs from the checkpoint's; the data order will differ")
-            ckpt.restore_rng(saved.state["rng"])
-            print(f"resumed from {saved.path}: epoch {progress['epoch']}, step {progress['step_in_epoch']} "
-                  f"in epoch, global step {progress['global_step']}")
-        else:  # a weights-only or legacy file: new optimizer, counters from the file where it has them
-            if saved.state.get("optimizer"):
-                try:
-                    optimizer.load_state_dict(saved.state["optimizer"])
-                except (ValueError, KeyError) as e:
-                    print(f"note: optimizer state of {saved.path} not used ({e})")
-            progress["global_step"] = int(saved.meta.get("global_step") or 0)
-            progress["epoch"] = int(saved.meta.get("epoch") or 0)
-            print(f"initialised from {saved.path} (weights{' + optimizer' if saved.state.get('optimizer') else ''}); "
-                  f"scheduler, RNG and data position start fresh at global step {progress['global_step']}")
+    progress, best, history = restore(saved, args, task, optimizer, scaler)
     history["parts"].append({"part": args.part, "start_step": progress["global_step"]})
 
     def state_and_meta():
@@ -596,9 +609,8 @@ def run(args, started):
             save_best(metrics)
         return metrics
 
-    if budget.deadline is not None:
-        state_bytes = sum(t.numel() * t.element_size() for t in ckpt.flatten_state(state_and_meta()[0])[0].values())
-        state_bytes += 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # AdamW moments, not yet created
+    if budget.deadline is not None:  # weights + AdamW's two moments dominate the file
+        state_bytes = 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
         budget.save_seconds = estimate_save_seconds(args.out, state_bytes)
 
     # ---------------------------------------------------------------- TRAINING SECTION BEGIN
@@ -673,6 +685,7 @@ def run(args, started):
                     metrics = run_eval()
                     if metrics is not None:
                         record(history, steps=step, epochs=progress["epoch"], learning_rate=lr, **metrics)
+                        write_metrics(args.out, history)
                         tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             minutes = (time.monotonic() - last_save) / 60
             if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or \
