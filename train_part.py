@@ -613,6 +613,10 @@ def run(args, started):
         state_bytes = 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
         budget.save_seconds = estimate_save_seconds(args.out, state_bytes)
 
+    if not budget.room_for_step() and not STOP["signal"]:  # not even one step fits: bad input, nothing to save
+        raise ConfigError(f"--budget-hours {args.budget_hours:g} is too small: start-up took {time.time() - started:.0f} s "
+                          f"and the final save needs more than the {max(budget.left(), 0):.0f} s left; give the part more time")
+
     # ---------------------------------------------------------------- TRAINING SECTION BEGIN
     model.train()
     stop_reason = None

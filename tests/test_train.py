@@ -187,6 +187,20 @@ def test_slow_disk_final_save_still_lands_inside_the_budget(tmp_path, corpus, mo
     assert final_state(tmp_path / "run", 1).meta["global_step"] > 0
 
 
+def test_next_session_finds_the_baton_under_an_input_root(tmp_path, corpus, monkeypatch, capsys):
+    # Kaggle: part 1's output is attached read-only under /kaggle/input/<dataset>/..., the new
+    # session's --out is empty.
+    assert train(tmp_path / "session1", corpus, "--max-steps", "3") == 0
+    dataset = tmp_path / "input" / "my-baton" / "runs"
+    dataset.mkdir(parents=True)
+    os.replace(tmp_path / "session1" / ckpt.handoff_name(1), dataset / ckpt.handoff_name(1))
+    monkeypatch.setenv("BATON_INPUT_ROOTS", str(tmp_path / "input"))
+    capsys.readouterr()
+    assert train(tmp_path / "session2", corpus, "--max-steps", "5", part=2) == 0
+    assert f"resumed from {dataset / ckpt.handoff_name(1)}" in capsys.readouterr().out
+    assert final_state(tmp_path / "session2", 2).meta["global_step"] == 5
+
+
 def test_infer_generates_from_folder_best_and_full_checkpoint(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     assert train(out, corpus, "--max-steps", "8") == 0
@@ -264,6 +278,18 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, co
     assert proc.returncode == 0, stderr
     assert f"global step {newest}" in stdout
     assert not [n for n in os.listdir(out) if ".tmp" in n]  # stale temp files were cleaned up
+
+
+def test_a_budget_too_small_for_one_step_is_an_error_that_keeps_checkpoints(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "2") == 0
+    before = (out / ckpt.handoff_name(1)).read_bytes()
+    proc = spawn(out, corpus, "--budget-hours", str(1.0 / 3600))  # 1 s: start-up alone takes longer
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "too small" in stderr and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    assert (out / ckpt.handoff_name(1)).read_bytes() == before
+    assert not (out / ckpt.handoff_name(2)).exists()
 
 
 def test_wall_clock_budget_is_used_and_respected(tmp_path, corpus):
