@@ -87,3 +87,26 @@ def test_missing_or_tiny_text_is_a_clear_error(tmp_path):
 def test_embedded_corpus_is_there_and_sizable():
     text = text_data.read_corpus()
     assert len(text) > 1_000_000 and "HAMLET" in text
+
+
+def test_gpt2_bpe_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import json
+    # A small real-format vocabulary: all 256 byte characters plus a few merges.
+    chars = list(text_data.bytes_to_unicode().values())
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("a", "n"), ("Ġa", "n"), ("o", "r"),
+              ("Ġ", "w"), ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld"), ("'", "s")]
+    vocab = {c: i for i, c in enumerate(chars)}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    ours = text_data.make_tokenizer("gpt2", folder=str(tmp_path))
+    reference = transformers.GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    for text in ["the world's in an  orchard", "Hello, world!\n\n  tabs\tand 12345 numbers",
+                 "আমি বাংলায় গান গাই।", "it's 3.5 carat — £20"]:
+        ids = ours.encode(text)
+        assert ids == reference.encode(text), text
+        assert ours.decode(ids) == text
+    again = text_data.tokenizer_from_dict(ours.to_dict())
+    assert again.encode("the world") == ours.encode("the world")
