@@ -1,6 +1,9 @@
 """The inference stage: a checkpoint in, predictions out.
 
+    python infer.py --task asr --ckpt runs/asr [--data PATH] [--out submission.csv]
     python infer.py --task lm  --ckpt runs/lm --prompt "It was" [--max-new-tokens 200]
+    python infer.py --task reg --ckpt runs/reg [--data test.csv] [--out predictions.csv]
+    python infer.py --task asr --ckpt runs/asr --export hf_model/   # Hugging Face folder, opens in transformers
 
 `--ckpt` takes a full training checkpoint, a weights-only `best_model.safetensors`, or a run
 folder (then its best model, else its newest valid checkpoint). The model is rebuilt from the
@@ -8,15 +11,21 @@ config stored in the file, so no training flags need repeating.
 """
 
 import argparse
+import csv
 import os
 import sys
 
+import numpy as np
 import torch
 
 import ckpt
 from data import DataError
+from data import audio
+from data import table as table_data
 from data import text as text_data
 from model.gpt import GPT, GPTConfig
+from model.regression import Regressor, RegressorConfig
+from model.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC
 
 
 class InferError(Exception):
@@ -53,6 +62,10 @@ def load_model(path, task, device):
                          f"pass --task {saved.meta.get('task')}")
     if task == "lm":
         model = GPT(GPTConfig(**saved.meta["model_config"]))
+    elif task == "asr":
+        model = Wav2Vec2ForCTC(Wav2Vec2Config(**saved.meta["model_config"]))
+    elif task == "reg":
+        model = Regressor(RegressorConfig(**saved.meta["model_config"]))
     else:
         raise InferError(f"unknown task {task!r}")
     model.load_state_dict(saved.state["model"])
@@ -74,12 +87,112 @@ def infer_lm(args, device):
         print(tokenizer.decode(out[0].tolist()))
 
 
+def infer_asr(args, device):
+    """Every clip of a folder or CSV -> submission.csv (id,sentence), one row per clip in input order."""
+    model, meta = load_model(args.ckpt, "asr", device)
+    vocab = audio.CharVocab.from_dict(meta["task_meta"]["vocab"])
+    utterances = audio.read_manifest(args.data or audio.EMBEDDED_TEST, require_text=False)
+    if not utterances:
+        raise InferError(f"no audio clips found in {args.data}")
+    clips = audio.AudioDataset(utterances)
+    print(f"clips: {clips.report}", file=sys.stderr)
+    by_length = sorted(range(len(clips)), key=lambda i: clips.lengths[i])  # similar lengths pad less
+    predicted = {}
+    with torch.no_grad():
+        for start in range(0, len(by_length), args.batch_size):
+            batch = audio.collate([clips[i] for i in by_length[start:start + args.batch_size]])
+            if not batch["ids"]:
+                continue
+            logits, frames = model(batch["input_values"].to(device), batch["attention_mask"].to(device))
+            best_ids = logits.argmax(dim=-1).cpu()  # (B, T) greedy decoding
+            for row, clip_id in enumerate(batch["ids"]):
+                predicted[clip_id] = vocab.decode_ctc(best_ids[row, : int(frames[row])].tolist())
+    missing = [u.id for u in utterances if u.id not in predicted]
+    if missing:
+        print(f"warning: {len(missing)} clips could not be read and get an empty sentence "
+              f"(first: {', '.join(missing[:3])})", file=sys.stderr)
+    out_path = args.out or "submission.csv"
+    with open(out_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "sentence"])
+        for u in utterances:
+            text = predicted.get(u.id, "")
+            writer.writerow([u.id, audio.postprocess_bengali(text) if args.postprocess else text])
+    print(f"wrote {out_path}: {len(utterances)} rows", file=sys.stderr)
+    references = [u for u in utterances if u.sentence]
+    if references:  # a labelled set: say how good the predictions are
+        refs = [audio.normalize_text(u.sentence) for u in references]
+        hyps = [audio.normalize_text(predicted.get(u.id, "")) for u in references]
+        print(f"on {len(refs)} labelled clips: WER {audio.wer(refs, hyps):.3f}, CER {audio.cer(refs, hyps):.3f}",
+              file=sys.stderr)
+
+
+def infer_reg(args, device):
+    """Every row of a CSV -> predictions.csv (id, predicted target), in input order."""
+    model, meta = load_model(args.ckpt, "reg", device)
+    info = meta["task_meta"]
+    columns = info["columns"]
+    path = args.data or table_data.DEFAULT_TEST
+    table = table_data.read_table(path, columns["id"], columns["text"], columns["numeric"], columns["target"],
+                                  for_training=False)
+    bad = int(np.isnan(table.numeric).any(axis=1).sum()) if table.numeric is not None else 0
+    if bad:
+        print(f"warning: {bad} rows have a missing or non-numeric feature; the training mean is used there",
+              file=sys.stderr)
+    tokenizer = text_data.tokenizer_from_dict(info["tokenizer"]) if info["tokenizer"] else None
+    if tokenizer:
+        tokens, lengths = table_data.tokenize_rows(table.texts, tokenizer, info["block_size"])
+    numeric = torch.from_numpy(table_data.Standardizer.from_dict(info["standardizer"])(table.numeric)) \
+        if info["standardizer"] else None
+    lo, hi = info["target_range"]
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(table.ids), args.batch_size):
+            rows = slice(start, start + args.batch_size)
+            width = int(lengths[rows].max()) if tokenizer else 1
+            out = model(tokens[rows, :width].to(device) if tokenizer else None,
+                        lengths[rows].to(device) if tokenizer else None,
+                        numeric[rows].to(device) if numeric is not None else None)
+            predictions.append(table_data.decode_target(out, lo, hi).cpu())
+    predicted = torch.cat(predictions).numpy()
+    out_path = args.out or "predictions.csv"
+    with open(out_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([columns["id"], columns["target"]])
+        writer.writerows(zip(table.ids, (f"{v:.6g}" for v in predicted)))
+    print(f"wrote {out_path}: {len(predicted)} rows ({table.report})", file=sys.stderr)
+    try:  # a labelled file: say how good the predictions are
+        labelled = table_data.read_table(path, columns["id"], "", [], columns["target"])
+        if len(labelled.ids) == len(table.ids):
+            print(f"SMAPE {table_data.smape(predicted, labelled.target):.2f}, "
+                  f"MAE {table_data.mae(predicted, labelled.target):.2f}", file=sys.stderr)
+    except DataError:
+        pass
+
+
+def export(args, device):
+    """Write the checkpoint's model as a Hugging Face folder (config.json, model.safetensors, vocab.json)."""
+    model, meta = load_model(args.ckpt, args.task, device)
+    if args.task == "asr":
+        model.save_pretrained(args.export, vocab=meta["task_meta"]["vocab"])
+    else:
+        model.save_pretrained(args.export)
+    print(f"exported to {args.export}", file=sys.stderr)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Predict with a Baton checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=("lm",))
+    p.add_argument("--task", required=True, choices=("lm", "asr", "reg"))
     p.add_argument("--ckpt", required=True, help="checkpoint file, best_model.safetensors, or a run folder")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    p.add_argument("--export", default=None, metavar="DIR", help="write a Hugging Face model folder instead of predicting")
+    p.add_argument("--data", default=None, help="asr: a folder of clips or a CSV; reg: a CSV (default: the embedded test set)")
+    p.add_argument("--out", default=None, help="output CSV (default: submission.csv for asr, predictions.csv for reg)")
+    p.add_argument("--batch-size", type=int, default=32)
+    g = p.add_argument_group("asr")
+    g.add_argument("--no-postprocess", dest="postprocess", action="store_false",
+                   help="skip the Bengali post-processing (NFC, spaces, closing danda)")
     g = p.add_argument_group("lm")
     g.add_argument("--prompt", default="", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=300)
@@ -94,7 +207,14 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        infer_lm(args, device)
+        if args.export:
+            export(args, device)
+        elif args.task == "asr":
+            infer_asr(args, device)
+        elif args.task == "reg":
+            infer_reg(args, device)
+        else:
+            infer_lm(args, device)
     except (InferError, DataError, ckpt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

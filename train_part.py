@@ -50,11 +50,15 @@ from tqdm import tqdm  # noqa: E402
 
 import ckpt  # noqa: E402
 from data import DataError  # noqa: E402
+from data import audio  # noqa: E402
+from data import table as table_data  # noqa: E402
 from data import text as text_data  # noqa: E402
 from data.sampler import EpochSampler  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
+from model.regression import Regressor, RegressorConfig  # noqa: E402
+from model.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC  # noqa: E402
 
-TASKS = ("lm",)
+TASKS = ("lm", "asr", "reg")
 ON_KAGGLE = "KAGGLE_KERNEL_RUN_TYPE" in os.environ
 
 
@@ -104,7 +108,8 @@ class TrainConfig:
 @dataclasses.dataclass
 class LMConfig(TrainConfig):
     """The lm task: a GPT on plain text, next-token prediction."""
-    tokenizer: str = "byte"         # "byte" (UTF-8 bytes, vocab 256) or "char" (vocab from the text)
+    tokenizer: str = "byte"         # "byte" (UTF-8 bytes, vocab 256), "char" (vocab from the text), or
+                                    # "gpt2" (GPT-2's BPE from the pretrained folder)
     block_size: int = 64            # context length in tokens
     n_layer: int = 4
     n_head: int = 4
@@ -117,15 +122,106 @@ class LMConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.tokenizer not in ("byte", "char"):
-            raise ConfigError(f"tokenizer must be 'byte' or 'char' (got {self.tokenizer!r})")
+        if self.tokenizer not in ("byte", "char", "gpt2"):
+            raise ConfigError(f"tokenizer must be 'byte', 'char' or 'gpt2' (got {self.tokenizer!r})")
         if not 0 < self.val_fraction < 0.5:
             raise ConfigError("val_fraction must be between 0 and 0.5")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
-CONFIGS = {"lm": LMConfig}
+@dataclasses.dataclass
+class ASRConfig(TrainConfig):
+    """The asr task: a wav2vec2 encoder + CTC head on speech, scored by WER and CER.
+
+    `--set preset=NAME` first sets the fields in PRESETS[NAME] (the other --set values win), and
+    picks the architecture when no `pretrained` folder is given.
+    """
+    PRESETS: typing.ClassVar[dict] = {
+        # learns from scratch on a CPU: the defaults below
+        "tiny": dict(epochs=40, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=150, freeze_feature_encoder=False,
+                     grad_checkpointing=False, num_workers=0, mask_time_prob=0.05, layerdrop=0.0),
+        # wav2vec2-base fine-tuning on one GPU
+        "base": dict(epochs=30, batch_size=8, grad_accum=2, lr=1e-4, warmup_steps=500, freeze_feature_encoder=True,
+                     grad_checkpointing=False, num_workers=2, mask_time_prob=0.05, layerdrop=0.05),
+        # wav2vec2-large-xlsr-53 on a 16 GB P100/T4 as in the seeds: batch 1 x accumulation 8,
+        # gradient checkpointing, fp16 (the default on those GPUs), frozen feature encoder
+        "xlsr53": dict(epochs=70, batch_size=1, grad_accum=8, lr=1e-4, warmup_steps=500, freeze_feature_encoder=True,
+                       grad_checkpointing=True, num_workers=2, mask_time_prob=0.05, layerdrop=0.1),
+    }
+    preset: str = "tiny"            # architecture + training defaults: tiny (CPU), base, xlsr53
+    pretrained: str = ""            # a Hugging Face wav2vec2 folder (config.json + model.safetensors) to fine-tune
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int = 150
+    eval_every_steps: int = 100
+    save_every_steps: int = 200
+    max_seconds: float = 15.0       # longer training clips are dropped (and counted)
+    val_fraction: float = 0.1       # held out by id when the manifest has no split column
+    eval_max_clips: int = 200       # validation clips per evaluation (evenly spread)
+    freeze_feature_encoder: bool = False  # keep the pretrained conv stack fixed (saves memory, standard for fine-tuning)
+    num_workers: int = 0            # audio decoding processes (0 = in the training process)
+    mask_time_prob: float = 0.05    # SpecAugment: share of frames masked in training
+    mask_feature_prob: float = 0.0  # SpecAugment: share of channels masked in training
+    layerdrop: float = 0.0          # probability of skipping a whole transformer layer in training
+    hidden_dropout: float = 0.1     # dropout in the transformer (attention output, feed-forward)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preset not in self.PRESETS:
+            raise ConfigError(f"unknown asr preset {self.preset!r}; choose one of {', '.join(self.PRESETS)}")
+        if self.max_seconds <= 0 or self.eval_max_clips < 1 or self.num_workers < 0:
+            raise ConfigError("max_seconds and eval_max_clips must be positive, num_workers 0 or more")
+
+
+@dataclasses.dataclass
+class RegConfig(TrainConfig):
+    """The reg task: predict a positive number (a price) from a row's text and/or numeric columns,
+    scored by SMAPE. The defaults fit the Amazon ML Challenge layout and the embedded sample."""
+    PRESETS: typing.ClassVar[dict] = {
+        # a byte-level text model that trains on a CPU: the defaults below
+        "tiny": dict(n_layer=2, n_head=4, n_embd=128, block_size=128, batch_size=32, lr=1e-3, warmup_steps=100),
+        "small": dict(n_layer=4, n_head=8, n_embd=256, block_size=256, batch_size=32, lr=5e-4, warmup_steps=200),
+        # GPT-2 small (with pretrained=<a Hugging Face GPT-2 folder>): fits a 16 GB GPU in fp16
+        "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=16, lr=5e-5, warmup_steps=300),
+    }
+    preset: str = "tiny"
+    id_column: str = "sample_id"
+    text_column: str = "catalog_content"  # "" = no text
+    numeric_columns: str = ""       # comma-separated numeric feature columns ("" = none)
+    target_column: str = "price"
+    loss: str = "l1"                # on log1p(target): "l1" or "mse"; or "smape" (smooth SMAPE on prices)
+    tokenizer: str = "byte"         # as in the lm task; a pretrained GPT-2 folder brings its own BPE
+    pretrained: str = ""            # text backbone: a Baton lm checkpoint or a Hugging Face GPT-2 folder
+    block_size: int = 128           # text tokens per row; longer texts are cut
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.1
+    hidden: int = 128               # width of the numeric MLP and the head
+    pooling: str = "mean"           # "mean" over tokens or the "last" token
+    val_fraction: float = 0.2       # rows held out (by a hash of the id) for validation
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    eval_every_steps: int = 0       # once per epoch
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preset not in self.PRESETS:
+            raise ConfigError(f"unknown reg preset {self.preset!r}; choose one of {', '.join(self.PRESETS)}")
+        if self.loss not in ("l1", "mse", "smape"):
+            raise ConfigError(f"loss must be 'l1', 'mse' or 'smape' (got {self.loss!r})")
+        if not self.text_column and not self.numeric_columns.strip():
+            raise ConfigError("set text_column, numeric_columns, or both: the model needs an input")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0 < self.val_fraction < 1 or self.pooling not in ("mean", "last"):
+            raise ConfigError("val_fraction must be between 0 and 1 and pooling 'mean' or 'last'")
+
+
+CONFIGS = {"lm": LMConfig, "asr": ASRConfig, "reg": RegConfig}
 
 
 def parse_setting(cls, key, raw):
@@ -145,6 +241,11 @@ def apply_settings(cfg, settings):
     """Return cfg with `key=value` strings applied; an unknown key lists the valid ones."""
     valid = [f.name for f in dataclasses.fields(cfg)]
     changes = {}
+    presets = getattr(type(cfg), "PRESETS", {})
+    for item in settings:  # a preset goes first, so explicit settings override its values
+        key, _, name = item.partition("=")
+        if key.strip() == "preset" and name.strip() in presets:
+            changes.update(presets[name.strip()])
     for item in settings:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -219,7 +320,7 @@ def parse_args(argv):
 class Task:
     model: torch.nn.Module
     sampler: EpochSampler        # micro-batches of training indices, per epoch
-    make_batch: typing.Callable  # (indices, epoch) -> dict of tensors on the device, plus "count"
+    iterate: typing.Callable     # (batches, epoch) -> iterator of dicts of tensors on the device, each with a "count"
     loss_sum: typing.Callable    # (model, batch) -> loss summed over the batch's "count" units
     evaluate: typing.Callable    # (model, keep_going) -> {metric: value}, or None if cut short
     best_metric: str             # the evaluate() key that picks best_model.safetensors
@@ -228,12 +329,12 @@ class Task:
     fingerprint: str             # identifies the training data, to warn when it changes on resume
 
 
-def build_lm(cfg, device, saved_meta=None):
+def build_lm(cfg, device, saved=None):
     text = text_data.read_corpus(cfg.data)
-    if saved_meta:  # resuming: decode exactly as before, even if the text changed
-        tokenizer = text_data.tokenizer_from_dict(saved_meta["tokenizer"])
+    if saved:  # resuming: decode exactly as before, even if the text changed
+        tokenizer = text_data.tokenizer_from_dict(saved.meta["task_meta"]["tokenizer"])
     else:
-        tokenizer = text_data.make_tokenizer(cfg.tokenizer, text)
+        tokenizer = text_data.make_tokenizer(cfg.tokenizer, text, cfg.pretrained)
     tokens = text_data.encode_tokens(tokenizer, text)
     n_val = int(len(tokens) * cfg.val_fraction)
     train = text_data.TokenWindows(tokens[:-n_val], cfg.block_size, cfg.seed)
@@ -241,7 +342,12 @@ def build_lm(cfg, device, saved_meta=None):
     print(f"data: {len(tokens):,} tokens ({tokenizer.to_dict()['kind']} tokenizer, vocab {tokenizer.vocab_size}); "
           f"{len(train):,} train / {len(val):,} val windows of {cfg.block_size}")
 
-    if cfg.pretrained and not saved_meta:
+    # The architecture comes from the config, or with `pretrained` from those weights (and on
+    # resume from the checkpoint's record of them, so the folder need not be attached again).
+    if cfg.pretrained and saved:
+        model = GPT(dataclasses.replace(GPTConfig(**saved.meta["model_config"]), dropout=cfg.dropout,
+                                        attn_dropout=cfg.attn_dropout))
+    elif cfg.pretrained:
         model = GPT.from_pretrained(cfg.pretrained, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
                                     block_size=cfg.block_size)
         if model.config.vocab_size < tokenizer.vocab_size:
@@ -254,9 +360,10 @@ def build_lm(cfg, device, saved_meta=None):
     model.gradient_checkpointing = cfg.grad_checkpointing
     model.to(device)
 
-    def make_batch(indices, epoch):
-        x, y = train.batch(indices, epoch)
-        return {"x": x.to(device, non_blocking=True), "y": y.to(device, non_blocking=True), "count": y.numel()}
+    def iterate(batches, epoch):
+        for indices in batches:
+            x, y = train.batch(indices, epoch)
+            yield {"x": x.to(device, non_blocking=True), "y": y.to(device, non_blocking=True), "count": y.numel()}
 
     def loss_sum(model, batch):
         logits = model(batch["x"])  # (B, T, V)
@@ -281,14 +388,235 @@ def build_lm(cfg, device, saved_meta=None):
     return Task(
         model=model,
         sampler=EpochSampler(len(train), cfg.batch_size, cfg.seed, shuffle=True, drop_last=True),
-        make_batch=make_batch, loss_sum=loss_sum, evaluate=evaluate,
+        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate,
         best_metric="val_loss", higher_is_better=False,
         meta={"tokenizer": tokenizer.to_dict()},
         fingerprint=xxhash.xxh3_64(tokens.numpy().tobytes()).hexdigest(),
     )
 
 
-BUILDERS = {"lm": build_lm}
+def held_out(ids, fraction):
+    """Which rows are validation: decided by a hash of each id, so the split does not depend on the
+    row order and a row stays on its side when the file grows."""
+    return np.array([xxhash.xxh3_64_intdigest(str(i).encode()) % 10_000 < fraction * 10_000 for i in ids], dtype=bool)
+
+
+def build_asr(cfg, device, saved=None):
+    utterances = audio.read_manifest(cfg.data)
+    if any(u.split for u in utterances):
+        train_utts = [u for u in utterances if u.split in (None, "", "train")]
+        val_utts = [u for u in utterances if u.split in ("valid", "validation", "val", "dev")]
+    else:
+        held = held_out([u.id for u in utterances], cfg.val_fraction)
+        train_utts = [u for u, h in zip(utterances, held) if not h]
+        val_utts = [u for u, h in zip(utterances, held) if h]
+    if not train_utts or not val_utts:
+        raise DataError(f"{cfg.data or 'the embedded sample'} gives {len(train_utts)} training and {len(val_utts)} "
+                        f"validation clips; both are needed")
+    if saved:  # the checkpoint's vocabulary, so label ids keep their meaning
+        vocab = audio.CharVocab.from_dict(saved.meta["task_meta"]["vocab"])
+    else:
+        vocab = audio.CharVocab.build(audio.normalize_text(u.sentence) for u in train_utts)
+    step = max(1, len(val_utts) // cfg.eval_max_clips)
+    small = len(utterances) <= 20_000  # decode once and keep in memory (a few hundred MB at most)
+    train = audio.AudioDataset(train_utts, vocab, max_seconds=cfg.max_seconds, cache=small)
+    val = audio.AudioDataset(val_utts[::step][:cfg.eval_max_clips], vocab, cache=True)
+    print(f"data: train: {train.report}\n      valid: {val.report}\n      vocabulary: {len(vocab)} symbols")
+    if len(train) == 0 or len(val) == 0:
+        raise DataError("no usable clips left after dropping the bad ones (see the counts above)")
+
+    overrides = dict(mask_time_prob=cfg.mask_time_prob, mask_feature_prob=cfg.mask_feature_prob,
+                     layerdrop=cfg.layerdrop, hidden_dropout=cfg.hidden_dropout)
+    if cfg.pretrained and saved:  # as in build_lm: the architecture of the pretrained weights
+        model = Wav2Vec2ForCTC(dataclasses.replace(Wav2Vec2Config(**saved.meta["model_config"]), **overrides))
+    elif cfg.pretrained:
+        model = Wav2Vec2ForCTC.from_pretrained(cfg.pretrained, vocab_size=len(vocab), **overrides)
+    else:
+        arch = {"tiny": "tiny", "base": "base", "xlsr53": "large"}[cfg.preset]
+        model = Wav2Vec2ForCTC(dataclasses.replace(Wav2Vec2Config.preset(arch, vocab_size=len(vocab)), **overrides))
+    if cfg.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    model.to(device)
+
+    def iterate(batches, epoch):
+        # The loader gets its own generator: creating an iterator otherwise draws a seed from the
+        # global torch RNG, and a resumed run creates one more iterator than an uninterrupted one.
+        loader = torch.utils.data.DataLoader(train, batch_sampler=batches, num_workers=cfg.num_workers,
+                                             collate_fn=audio.collate, pin_memory=device.type == "cuda",
+                                             generator=torch.Generator())
+        for batch in loader:
+            count = int(batch["label_lengths"].sum())
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            yield {**batch, "count": count}
+
+    def ctc_sum(logits, frames, labels, label_lengths):
+        # CTC in fp32: the log-probabilities of long alignments underflow in fp16. cuDNN's CTC kernel
+        # is non-deterministic and restricted (labels <= 256, lengths on CPU), so it is switched off.
+        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+        with torch.backends.cudnn.flags(enabled=False):
+            return F.ctc_loss(log_probs, labels, frames, label_lengths, blank=0, reduction="sum", zero_infinity=True)
+
+    def loss_sum(model, batch):
+        logits, frames = model(batch["input_values"], batch["attention_mask"])  # (B, T, V), (B,)
+        return ctc_sum(logits, frames, batch["labels"], batch["label_lengths"])
+
+    by_length = sorted(range(len(val)), key=lambda i: val.lengths[i])  # batches of similar length pad less
+    references = [audio.normalize_text(item.sentence) for item in val.items]
+
+    @torch.no_grad()
+    def evaluate(model, keep_going):
+        hypotheses, total, labels = [""] * len(val), 0.0, 0
+        for start in range(0, len(by_length), cfg.batch_size):
+            if not keep_going():
+                return None
+            rows = by_length[start:start + cfg.batch_size]
+            batch = audio.collate([val[i] for i in rows])
+            logits, frames = model(batch["input_values"].to(device), batch["attention_mask"].to(device))
+            total += ctc_sum(logits, frames, batch["labels"].to(device), batch["label_lengths"].to(device)).item()
+            labels += int(batch["label_lengths"].sum())
+            best_ids = logits.argmax(dim=-1).cpu()  # (B, T) greedy decoding
+            for row, i in enumerate(rows):
+                hypotheses[i] = vocab.decode_ctc(best_ids[row, : int(frames[row])].tolist())
+        for i in range(min(2, len(val))):
+            tqdm.write(f"  ref: {references[i]}\n  hyp: {hypotheses[i]}")
+        return {"val_loss": total / max(labels, 1), "wer": audio.wer(references, hypotheses),
+                "cer": audio.cer(references, hypotheses)}
+
+    return Task(
+        model=model,
+        sampler=EpochSampler(len(train), cfg.batch_size, cfg.seed, shuffle=True, lengths=train.lengths),
+        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate,
+        best_metric="wer", higher_is_better=False,
+        meta={"vocab": vocab.to_dict()},
+        fingerprint=xxhash.xxh3_64("\n".join(f"{u.id}\t{u.sentence}" for u in train.items).encode()).hexdigest(),
+    )
+
+
+def text_backbone(cfg):
+    """(tokenizer, GPT) for `pretrained`: a Baton lm checkpoint, or a Hugging Face GPT-2 folder
+    (GPT-2's weights only make sense with GPT-2's own tokens, so its BPE comes along)."""
+    if os.path.isdir(cfg.pretrained):
+        tokenizer = text_data.make_tokenizer("gpt2", folder=cfg.pretrained)
+        return tokenizer, GPT.from_pretrained(cfg.pretrained, dropout=cfg.dropout, block_size=cfg.block_size)
+    lm = ckpt.load(cfg.pretrained)
+    if lm.meta.get("task") != "lm":
+        raise ConfigError(f"pretrained={cfg.pretrained} is a {lm.meta.get('task')!r} checkpoint; the text backbone "
+                          f"needs an lm checkpoint or a GPT-2 folder")
+    gpt_cfg = dataclasses.replace(GPTConfig(**lm.meta["model_config"]), dropout=cfg.dropout)
+    if cfg.block_size > gpt_cfg.block_size:
+        raise ConfigError(f"block_size {cfg.block_size} exceeds the lm checkpoint's {gpt_cfg.block_size}")
+    gpt = GPT(gpt_cfg)
+    gpt.load_state_dict(lm.state["model"])
+    return text_data.tokenizer_from_dict(lm.meta["task_meta"]["tokenizer"]), gpt
+
+
+def build_reg(cfg, device, saved=None):
+    numeric_columns = [c.strip() for c in cfg.numeric_columns.split(",") if c.strip()]
+    data = cfg.data or table_data.DEFAULT_TRAIN
+    table = table_data.read_table(data, cfg.id_column, cfg.text_column, numeric_columns, cfg.target_column)
+    held = held_out(table.ids, cfg.val_fraction)
+    train_rows, val_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise DataError(f"{data} gives {len(train_rows)} training and {len(val_rows)} validation rows; both are needed")
+    print(f"data: {table.report}; {len(train_rows):,} train / {len(val_rows):,} validation rows")
+
+    gpt, text_cfg = None, None
+    if saved:  # the checkpoint's tokenizer and feature statistics, so inputs keep their meaning
+        meta = saved.meta["task_meta"]
+        tokenizer = text_data.tokenizer_from_dict(meta["tokenizer"]) if meta["tokenizer"] else None
+        standardize = table_data.Standardizer.from_dict(meta["standardizer"]) if meta["standardizer"] else None
+        if cfg.text_column and cfg.pretrained:  # as in build_lm: the architecture of the pretrained weights
+            text_cfg = {**saved.meta["model_config"]["text"], "dropout": cfg.dropout}
+    else:
+        tokenizer = None
+        if cfg.text_column and cfg.pretrained:
+            tokenizer, gpt = text_backbone(cfg)
+            text_cfg = dataclasses.asdict(gpt.config)
+        elif cfg.text_column:
+            tokenizer = text_data.make_tokenizer(cfg.tokenizer, "".join(table.texts[i] for i in train_rows))
+        # Statistics of the training rows only: validation must look like unseen data.
+        standardize = table_data.Standardizer.fit(table.numeric[train_rows]) if numeric_columns else None
+    if tokenizer is not None and text_cfg is None:
+        text_cfg = dataclasses.asdict(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
+                                                n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                                                dropout=cfg.dropout))
+    model_cfg = RegressorConfig(text=text_cfg, n_numeric=len(numeric_columns), hidden=cfg.hidden,
+                                dropout=cfg.dropout, pooling=cfg.pooling)
+    model = Regressor(model_cfg)
+    if gpt is not None:
+        model.backbone.load_state_dict(gpt.state_dict())
+    if not saved:
+        # Start at the mean log-target, so the head learns deviations instead of first finding the scale.
+        with torch.no_grad():
+            model.head[-1].bias.fill_(float(table_data.encode_target(table.target[train_rows]).mean()))
+    if model.backbone is not None:
+        model.backbone.gradient_checkpointing = cfg.grad_checkpointing
+    model.to(device)
+
+    # Everything the model reads, as tensors, once: a batch is then a gather.
+    if tokenizer is not None:
+        tokens, lengths = table_data.tokenize_rows(table.texts, tokenizer, cfg.block_size)
+    else:
+        tokens, lengths = torch.zeros(len(table.ids), 1, dtype=torch.long), torch.ones(len(table.ids), dtype=torch.long)
+    numeric = torch.from_numpy(standardize(table.numeric)) if standardize else None
+    log_target = table_data.encode_target(table.target)
+    lo, hi = float(table.target[train_rows].min()), float(table.target[train_rows].max())
+
+    def batch_of(rows):
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        width = int(lengths[rows].max())  # pad only to the longest row of this batch
+        batch = {"tokens": tokens[rows, :width], "lengths": lengths[rows], "y": log_target[rows]}
+        if numeric is not None:
+            batch["numeric"] = numeric[rows]
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def forward(model, batch):
+        return model(batch["tokens"] if tokenizer else None, batch["lengths"], batch.get("numeric"))  # (B,)
+
+    def loss_sum(model, batch):
+        out = forward(model, batch).float()
+        if cfg.loss == "l1":  # |error| in log space = relative error, the quantity SMAPE scores
+            return (out - batch["y"]).abs().sum()
+        if cfg.loss == "mse":
+            return (out - batch["y"]).pow(2).sum()
+        predicted, actual = torch.expm1(out.clamp(max=30.0)), torch.expm1(batch["y"])  # smooth SMAPE
+        return (2 * (predicted - actual).abs() / (predicted.abs() + actual.abs() + 1e-6)).sum()
+
+    def iterate(batches, epoch):
+        for indices in batches:
+            yield {**batch_of(train_rows[indices]), "count": len(indices)}
+
+    @torch.no_grad()
+    def evaluate(model, keep_going):
+        predictions, losses = [], 0.0
+        for start in range(0, len(val_rows), cfg.batch_size):
+            if not keep_going():
+                return None
+            batch = batch_of(val_rows[start:start + cfg.batch_size])
+            losses += loss_sum(model, batch).item()
+            predictions.append(table_data.decode_target(forward(model, batch), lo, hi).cpu())
+        predicted, actual = torch.cat(predictions).numpy(), table.target[val_rows]
+        return {"val_loss": losses / len(val_rows), "smape": table_data.smape(predicted, actual),
+                "mae": table_data.mae(predicted, actual)}
+
+    baseline = table_data.smape(np.full(len(val_rows), np.median(table.target[train_rows])), table.target[val_rows])
+    print(f"reference: predicting the training median scores SMAPE {baseline:.1f} on validation")
+    return Task(
+        model=model,
+        sampler=EpochSampler(len(train_rows), cfg.batch_size, cfg.seed, shuffle=True),
+        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate,
+        best_metric="smape", higher_is_better=False,
+        meta={"tokenizer": tokenizer.to_dict() if tokenizer else None,
+              "standardizer": standardize.to_dict() if standardize else None,
+              "columns": {"id": cfg.id_column, "text": cfg.text_column, "numeric": numeric_columns,
+                          "target": cfg.target_column},
+              "block_size": cfg.block_size, "target_range": [lo, hi]},
+        fingerprint=xxhash.xxh3_64(log_target.numpy().tobytes() + "".join(table.ids).encode()).hexdigest(),
+    )
+
+
+BUILDERS = {"lm": build_lm, "asr": build_asr, "reg": build_reg}
 
 
 # -----------------------------------------------------------------------------
@@ -417,11 +745,15 @@ def record(history, **row):
             values.append(row.get(key))
 
 
-def check_compatible(saved, args, model):
-    """Refuse a checkpoint that cannot continue this run exactly: another task, another model shape."""
-    if saved.meta.get("task") not in (None, args.task):
+def check_task(saved, args):
+    """A checkpoint of another task is refused before anything is built from it."""
+    if saved is not None and saved.meta.get("task") not in (None, args.task):
         raise ConfigError(f"{saved.path} was trained for task {saved.meta['task']!r}, not {args.task!r}; "
                           f"pass --task {saved.meta['task']} or another checkpoint")
+
+
+def check_compatible(saved, args, model):
+    """Refuse a checkpoint that cannot continue this run exactly: another model shape, another world size."""
     ours = model.state_dict()
     theirs = saved.state["model"]
     missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
@@ -524,7 +856,11 @@ def restore(saved, args, task, optimizer, scaler):
         print(f"initialised from {saved.path} (weights{' + optimizer' if saved.state.get('optimizer') else ''}); "
               f"RNG and data position start fresh at global step {progress['global_step']}")
         return progress, best, new_history()
-    optimizer.load_state_dict(saved.state["optimizer"])
+    try:
+        optimizer.load_state_dict(saved.state["optimizer"])
+    except ValueError as e:
+        raise ConfigError(f"the optimizer state in {saved.path} does not fit this run's trainable parameters ({e}); "
+                          f"was freeze_feature_encoder changed?") from None
     if saved.state.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(saved.state["scaler"])
     if saved.meta.get("data_fingerprint") != task.fingerprint:
@@ -542,12 +878,13 @@ def run(args, started):
     os.makedirs(args.out, exist_ok=True)
     ckpt.remove_stale_temp_files(args.out)
     saved = find_resume(args)
+    check_task(saved, args)
     cfg = resolve_config(args, saved)
     print_config(cfg)
 
     # ---- task, model, optimizer, and the state they resume from
     random_seed_everything(cfg.seed)
-    task = BUILDERS[args.task](cfg, device, saved.meta.get("task_meta") if saved and saved.meta.get("kind") == "train" else None)
+    task = BUILDERS[args.task](cfg, device, saved if saved and saved.meta.get("kind") == "train" else None)
     model = task.model
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -631,6 +968,7 @@ def run(args, started):
             break
         epoch = progress["epoch"]
         batches = task.sampler.batches(epoch)  # O(epoch size) to build, O(1) to jump into
+        stream = task.iterate(batches[progress["batch_in_epoch"]:], epoch)
         while progress["batch_in_epoch"] < len(batches):
             # -- decisions at the step boundary: the only place a part may stop
             if STOP["signal"]:
@@ -648,12 +986,13 @@ def run(args, started):
             lr = learning_rate(step, cfg, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            start = progress["batch_in_epoch"]
-            window = [task.make_batch(ix, epoch) for ix in batches[start:start + cfg.grad_accum]]
+            window = [next(stream) for _ in range(min(cfg.grad_accum, len(batches) - progress["batch_in_epoch"]))]
             # Normalise by the units (tokens, labels, rows) of the whole window, not per micro-batch,
             # so a short final window or uneven batches weigh each unit the same.
             window_count = sum(b["count"] for b in window)
             for batch in window:
+                if batch["count"] == 0:  # every clip of this micro-batch was unreadable
+                    continue
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss_sum = task.loss_sum(model, batch)
                 scaler.scale(loss_sum / window_count).backward()

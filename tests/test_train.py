@@ -201,6 +201,27 @@ def test_next_session_finds_the_baton_under_an_input_root(tmp_path, corpus, monk
     assert final_state(tmp_path / "session2", 2).meta["global_step"] == 5
 
 
+def test_run_started_from_gpt2_weights_resumes_with_their_shape(tmp_path, corpus):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(vocab_size=256, n_positions=32, n_embd=24, n_layer=1, n_head=3)
+    transformers.GPT2LMHeadModel(hf_cfg).save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "2", "--set", f"pretrained={tmp_path / 'gpt2'}") == 0
+    first = final_state(out, 1)
+    assert first.meta["model_config"]["n_embd"] == 24 and first.meta["model_config"]["n_layer"] == 1
+    assert train(out, corpus, "--max-steps", "4", part=2) == 0  # rebuilt from the checkpoint, not from n_embd=32
+    assert final_state(out, 2).meta["global_step"] == 4
+
+
+def test_presets_start_from_the_class_defaults():
+    for cls in train_part.CONFIGS.values():
+        presets = getattr(cls, "PRESETS", {})
+        if presets:
+            default = cls()
+            assert train_part.apply_settings(default, [f"preset={default.preset}"]) == default
+
+
 def test_infer_generates_from_folder_best_and_full_checkpoint(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     assert train(out, corpus, "--max-steps", "8") == 0

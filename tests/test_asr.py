@@ -1,0 +1,119 @@
+"""The asr task end to end on a slice of the embedded Bengali clips: exact resume with SpecAugment,
+LayerDrop and dropout on, submission.csv, bad inputs, and export to a Hugging Face folder."""
+
+import csv
+import json
+import os
+import shutil
+import time
+import unicodedata
+
+import pytest
+import torch
+
+import ckpt
+import infer
+import train_part
+from data import audio
+
+TINY = ["--set", "batch_size=4", "--set", "grad_accum=2", "--set", "eval_every_steps=3", "--set", "warmup_steps=2",
+        "--set", "log_every_steps=1", "--set", "save_every_steps=0", "--set", "mask_time_prob=0.3",
+        "--set", "mask_feature_prob=0.2", "--set", "layerdrop=0.3", "--set", "hidden_dropout=0.2"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A Bengali.AI-layout copy of 24 training and 6 validation clips of the embedded sample."""
+    folder = tmp_path_factory.mktemp("speech")
+    with open(os.path.join(audio.EMBEDDED, "train.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    chosen = [r for r in rows if r["split"] == "train"][:24] + [r for r in rows if r["split"] == "valid"][:6]
+    (folder / "train_mp3s").mkdir()
+    for r in chosen:
+        shutil.copy(os.path.join(audio.EMBEDDED, "train_mp3s", r["id"] + ".mp3"), folder / "train_mp3s")
+    write_manifest(folder / "train.csv", chosen)
+    return folder
+
+
+def write_manifest(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "sentence", "split"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in ("id", "sentence", "split")} for r in rows)
+
+
+def train(out, data, *extra, part=1):
+    return train_part.main(["--task", "asr", "--part", str(part), "--out", str(out), "--data", str(data)] + TINY
+                           + list(extra), started=time.time())
+
+
+def test_interrupted_run_is_bit_identical(tmp_path, clips):
+    assert train(tmp_path / "a", clips, "--max-steps", "6") == 0
+    assert train(tmp_path / "b", clips, "--max-steps", "3") == 0
+    assert train(tmp_path / "b", clips, "--max-steps", "6", part=2) == 0
+    a = ckpt.load(tmp_path / "a" / "checkpoint_part1.safetensors")
+    b = ckpt.load(tmp_path / "b" / "checkpoint_part2.safetensors")
+    for section in ("model", "optimizer", "rng"):
+        fa, fb = ckpt.flatten_state(a.state[section])[0], ckpt.flatten_state(b.state[section])[0]
+        assert fa.keys() == fb.keys()
+        for k in fa:
+            assert torch.equal(fa[k], fb[k]), f"{section}.{k}"
+    assert a.state["history"]["train_loss"] == b.state["history"]["train_loss"]
+    assert a.state["history"]["cer"] == b.state["history"]["cer"]
+
+
+def test_submission_has_every_clip_post_processed_and_export_opens(tmp_path, clips):
+    out = tmp_path / "run"
+    assert train(out, clips, "--max-steps", "1") == 0  # an untrained model still emits characters
+    sub = tmp_path / "submission.csv"
+    assert infer.main(["--task", "asr", "--ckpt", str(out), "--out", str(sub), "--batch-size", "4"]) == 0
+    with open(sub, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    expected = sorted(os.path.splitext(n)[0] for n in os.listdir(audio.EMBEDDED_TEST))
+    assert rows[0] == ["id", "sentence"] and [r[0] for r in rows[1:]] == expected
+    for _, sentence in rows[1:]:
+        assert sentence == audio.postprocess_bengali(sentence)
+        assert sentence == unicodedata.normalize("NFC", sentence) and "  " not in sentence
+        assert sentence == "" or sentence.endswith(audio.SENTENCE_END)
+    assert any(sentence for _, sentence in rows[1:])
+
+    hf = tmp_path / "hf"
+    assert infer.main(["--task", "asr", "--ckpt", str(out), "--export", str(hf)]) == 0
+    assert {"config.json", "model.safetensors", "vocab.json"} <= set(os.listdir(hf))
+    vocab = json.loads((hf / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab["<pad>"] == 0 and "|" in vocab and "<unk>" in vocab
+
+
+def test_bad_rows_are_reported_and_training_goes_on(tmp_path, clips, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(clips, data)
+    with open(data / "train.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    (data / "train_mp3s" / "not_audio.mp3").write_bytes(b"this is not an mp3 file at all" * 20)
+    rows += [{"id": "missing_clip", "sentence": "আমি", "split": "train"},
+             {"id": "not_audio", "sentence": "তুমি", "split": "train"},
+             {"id": rows[0]["id"], "sentence": "   ", "split": "train"}]
+    write_manifest(data / "train.csv", rows)
+    assert train(tmp_path / "run", data, "--max-steps", "2") == 0
+    report = capsys.readouterr().out
+    assert "1 missing" in report and "1 unreadable" in report and "1 empty" in report
+
+
+def test_bad_inputs_give_one_clear_message(tmp_path, clips, capsys):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("id,sentence,split\n", encoding="utf-8")
+    assert train(tmp_path / "run", empty) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "empty.csv" in err and "Traceback" not in err
+    no_sentence = tmp_path / "nosentence.csv"
+    no_sentence.write_text("id,split\nx,train\n", encoding="utf-8")
+    assert train(tmp_path / "run", no_sentence) == 2
+    assert "sentence" in capsys.readouterr().err
+    lm = tmp_path / "lm"
+    assert train_part.main(["--task", "lm", "--out", str(lm), "--max-steps", "1", "--set", "n_layer=1",
+                            "--set", "n_embd=16", "--set", "n_head=2"], started=time.time()) == 0
+    assert train(tmp_path / "run", clips, "--resume", str(lm / "checkpoint_part1.safetensors")) == 2
+    assert "task 'lm', not 'asr'" in capsys.readouterr().err
+    assert infer.main(["--task", "asr", "--ckpt", str(lm)]) == 2
+    assert "task 'lm', not 'asr'" in capsys.readouterr().err
+    assert infer.main(["--task", "asr", "--ckpt", str(lm), "--data", str(tmp_path / "nowhere")]) == 2
