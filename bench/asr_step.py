@@ -110,7 +110,7 @@ def main():
         return one(args)
     modes = ["fp32", "fp16", "fp16+ckpt"] if args.device == "cuda" else ["fp32"]
     print(f"device {args.device}; torch {torch.__version__}; batch {args.batch} x {args.seconds} s; "
-          f"median-free mean of {args.steps} steps after a warm-up")
+          f"mean of {args.steps} steps after one warm-up step")
     print(f"{'size':6s} {'mode':10s} {'impl':13s} {'params':>8s} {'step s':>8s} {'audio s/s':>10s} {'peak GB':>8s}")
     for size in args.sizes.split(","):
         for mode in modes:
