@@ -206,7 +206,7 @@ def write_file(path, state, meta):
     header_bytes += b" " * (-len(header_bytes) % 8)
     checksum_at = 8 + header_bytes.index(CHECKSUM_PLACEHOLDER.encode()) + len(HASH_NAME) + 1
 
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     pieces = []
     for name in names:
         data = _tensor_bytes(tensors[name])
@@ -241,10 +241,17 @@ def write_file(path, state, meta):
     return 8 + len(header_bytes) + offset
 
 
+def temp_path(path, suffix=""):
+    """The temporary name a file is written under before its atomic rename: hidden, same folder,
+    tagged with the writer's pid (remove_stale_temp_files knows the pattern)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.tmp{os.getpid()}{suffix}")
+
+
 def write_text_atomic(path, text):
     """Atomically replace a small text file (latest.txt, metrics.json)."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = temp_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -458,16 +465,26 @@ class Found:
     problem: str = None    # why the file cannot be used; None when its header reads
 
 
-def scan(roots):
-    """Every `.safetensors` file under `roots` (recursively), with what its header says."""
+def scan(roots, max_depth=6, big_folder=10_000):
+    """Every checkpoint-like file under `roots`, with what its header says.
+
+    Baton `.safetensors` files get their header read (cheap: no payload); other `.safetensors`
+    files (pretrained weights) are kind "other"; `.pt/.pth` files are kind "legacy" and are only
+    listed, since reading them means unpickling. Folders deeper than `max_depth` or with more
+    than `big_folder` entries (a competition's audio folder) are not searched, so the scan stays
+    quick on /kaggle/input.
+    """
     found, seen = [], set()
     for root in roots:
         if not root or not os.path.isdir(root):
             continue
+        base_depth = root.rstrip(os.sep).count(os.sep)
         for folder, dirs, files in os.walk(root):
+            if folder.count(os.sep) - base_depth >= max_depth or len(dirs) + len(files) > big_folder:
+                dirs[:] = []
             dirs.sort()
             for name in sorted(files):
-                if not name.endswith(".safetensors") or name.startswith("."):
+                if name.startswith(".") or not name.endswith((".safetensors", ".pt", ".pth")):
                     continue
                 path = os.path.join(folder, name)
                 real = os.path.realpath(path)
@@ -475,10 +492,14 @@ def scan(roots):
                     continue
                 seen.add(real)
                 item = Found(path=path, size=os.path.getsize(path))
+                if not name.endswith(".safetensors"):
+                    item.kind = "legacy"
+                    found.append(item)
+                    continue
                 try:
                     meta, _ = read_header(path)
                     if meta.get("format") != FORMAT:
-                        item.problem = "not a Baton checkpoint"
+                        item.kind = "other"
                     else:
                         item.kind = meta.get("kind", "train")
                         item.task = meta.get("task")
@@ -541,12 +562,15 @@ def prune(folder, keep_last):
     return removed
 
 
+TEMP_RE = re.compile(r"^\..+\.tmp\d+(\.\w+)?$")
+
+
 def remove_stale_temp_files(folder):
     """Temp files left by a process killed mid-write are garbage: the rename never happened."""
     if not os.path.isdir(folder):
         return
     for name in os.listdir(folder):
-        if name.startswith(".") and ".safetensors.tmp" in name:
+        if TEMP_RE.match(name):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:

@@ -38,6 +38,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import typing  # noqa: E402
 from collections import deque  # noqa: E402
@@ -60,6 +61,7 @@ from model.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC  # noqa: E402
 
 TASKS = ("lm", "asr", "reg")
 ON_KAGGLE = "KAGGLE_KERNEL_RUN_TYPE" in os.environ
+COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
 
 
 class ConfigError(Exception):
@@ -85,6 +87,7 @@ class TrainConfig:
     grad_clip: float = 1.0          # max global gradient norm; 0 = off
     phase2_epochs: int = 0          # extra epochs after phase 1 at a fixed low LR (0 = none)
     phase2_lr: float = 5e-6         # the phase-2 learning rate
+    part_epochs: int = 0            # stop a part after this many epochs (the seeds' 18 a part); 0 = budget only
     eval_every_steps: int = 200     # validation every N optimizer steps; 0 = at each epoch end
     log_every_steps: int = 10       # training loss / LR into metrics.json every N steps
     save_every_steps: int = 500     # rolling checkpoint every N steps; 0 = off
@@ -96,7 +99,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "eval_every_steps", "save_every_steps", "keep_last", "phase2_epochs"):
+        for name in ("warmup_steps", "eval_every_steps", "save_every_steps", "keep_last", "phase2_epochs", "part_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more (got {getattr(self, name)})")
         if not self.lr > 0 or not self.phase2_lr > 0:
@@ -145,9 +148,12 @@ class ASRConfig(TrainConfig):
         "base": dict(epochs=30, batch_size=8, grad_accum=2, lr=1e-4, warmup_steps=500, freeze_feature_encoder=True,
                      grad_checkpointing=False, num_workers=2, mask_time_prob=0.05, layerdrop=0.05),
         # wav2vec2-large-xlsr-53 on a 16 GB P100/T4 as in the seeds: batch 1 x accumulation 8,
-        # gradient checkpointing, fp16 (the default on those GPUs), frozen feature encoder
-        "xlsr53": dict(epochs=70, batch_size=1, grad_accum=8, lr=1e-4, warmup_steps=500, freeze_feature_encoder=True,
-                       grad_checkpointing=True, num_workers=2, mask_time_prob=0.05, layerdrop=0.1),
+        # gradient checkpointing, fp16 (the default on those GPUs), frozen feature encoder, 70
+        # epochs then 7 at 5e-6. A full checkpoint is ~3.8 GB (weights + AdamW moments), so one
+        # rolling file is kept: Kaggle saves at most 20 GB of output.
+        "xlsr53": dict(epochs=70, phase2_epochs=7, phase2_lr=5e-6, batch_size=1, grad_accum=8, lr=1e-4,
+                       warmup_steps=500, freeze_feature_encoder=True, grad_checkpointing=True, num_workers=2,
+                       mask_time_prob=0.05, layerdrop=0.1, keep_last=1, save_every_minutes=60, save_every_steps=0),
     }
     preset: str = "tiny"            # architecture + training defaults: tiny (CPU), base, xlsr53
     pretrained: str = ""            # a Hugging Face wav2vec2 folder (config.json + model.safetensors) to fine-tune
@@ -280,11 +286,20 @@ def print_config(cfg):
 # -----------------------------------------------------------------------------
 # Command line (the contract in DESIGN.md)
 
+def part_number(text):
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("--part is a number from 1, or 'auto'")
+    return int(text)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Train one part of a Baton run.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, choices=TASKS, help="which model family to train")
-    p.add_argument("--part", type=int, default=1, help="session number; names the hand-off file")
+    p.add_argument("--part", type=part_number, default=1,
+                   help="session number, names the hand-off file; 'auto' = one more than the newest checkpoint's")
     p.add_argument("--budget-hours", type=float, default=None,
                    help="wall-clock budget from process start; the hand-off is written before it ends "
                         "(default: none, or 11 on Kaggle)")
@@ -302,8 +317,6 @@ def parse_args(argv):
                    help="mixed precision (default: bf16 on GPUs with compute capability >= 8.0, "
                         "fp16 on older GPUs, off on CPU)")
     args = p.parse_args(argv)
-    if args.part < 1:
-        p.error("--part must be 1 or more")
     if args.budget_hours is None and ON_KAGGLE:
         args.budget_hours = 11.0  # Kaggle ends GPU sessions at 12 hours
     if args.budget_hours is not None and args.budget_hours <= 0:
@@ -772,20 +785,142 @@ def check_compatible(saved, args, model):
                           f"torchrun --nproc_per_node {world}")
 
 
+def input_roots(args):
+    return [args.out] + [r for r in os.environ.get("BATON_INPUT_ROOTS", "/kaggle/input").split(os.pathsep) if r]
+
+
 def find_resume(args):
-    """The checkpoint to continue from (or None), by the --resume rule, reporting what was skipped."""
+    """(checkpoint to continue from or None, everything found) by the --resume rule. With 'auto'
+    it prints every checkpoint under --out and the input roots, and which one is used and why."""
     if args.resume == "none":
-        return None
+        print("--resume none: starting fresh")
+        return None, []
     if args.resume != "auto":
-        return ckpt.load_any(args.resume)
-    roots = [args.out] + [r for r in os.environ.get("BATON_INPUT_ROOTS", "/kaggle/input").split(os.pathsep) if r]
+        return ckpt.load_any(args.resume), []
+    roots = input_roots(args)
     found = ckpt.scan(roots)
-    saved, skipped = ckpt.newest_valid(found, task=args.task)
-    for item in [f for f in found if f.problem and f not in skipped] + skipped:
-        print(f"skipping {item.path}: {item.problem}")
+    saved, _ = ckpt.newest_valid(found, task=args.task)
+    print_discovery(found, saved, roots, args.task)
+    return saved, found
+
+
+def print_discovery(found, saved, roots, task):
+    listed = [f for f in found if f.kind != "other"]
+    if not listed:
+        print(f"no checkpoints under {', '.join(roots)}; starting fresh")
+        return
+    print(f"checkpoints under {', '.join(roots)} (highest global step first):")
+    print(f"  {'part':>4} {'epoch':>5} {'step':>6} {'global':>7} {'size':>9}  status / path")
+    for f in sorted(listed, key=lambda f: f.global_step, reverse=True):
+        if saved is not None and f.path == saved.path:
+            status = "USING: the highest global step that verifies"
+        elif f.problem:
+            status = f"broken, skipped: {f.problem}"
+        elif f.kind == "legacy":
+            status = "legacy .pt/.pth: not read automatically; import with --resume PATH"
+        elif f.task != task:
+            status = f"task {f.task}, not {task}"
+        elif f.kind == "weights":
+            status = "weights only (best model): not a training state"
+        elif saved is not None and f.global_step > saved.meta["global_step"]:
+            status = "broken, skipped"
+        else:
+            status = "ok (header read; older)"
+        cells = [f.part, f.epoch, f.step_in_epoch, f.global_step if f.global_step >= 0 else None]
+        print("  " + " ".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(cells, (4, 5, 6, 7)))
+              + f" {ckpt.file_size_text(f.size):>9}  {status}\n{'':36s}{f.path}")
     if saved is None:
-        print(f"no checkpoint for task {args.task!r} under {', '.join(roots)}; starting fresh")
-    return saved
+        print(f"no valid checkpoint of task {task!r} among them; starting fresh")
+
+
+def resolve_part(args, saved, found):
+    """The part number: 'auto' = one more than the resumed checkpoint's part. Part N continues from
+    part N-1, so with --resume auto a checkpoint of part N-1 or later must be in reach."""
+    if args.part == "auto":
+        part = (saved.meta.get("part") or 0) + 1 if saved is not None and saved.meta.get("kind") == "train" else 1
+        print(f"--part auto: this is part {part}")
+        return part
+    previous = args.part - 1
+    if args.resume == "auto" and previous >= 1 and (saved is None or (saved.meta.get("part") or 0) < previous):
+        usable = [f for f in found if f.kind == "train" and f.task == args.task and not f.problem]
+        have = "; ".join(f"part {f.part} at global step {f.global_step} in {f.path}" for f in usable[:5]) or "nothing usable"
+        raise ConfigError(
+            f"part {args.part} continues from part {previous}, but no checkpoint of part {previous} or later is in "
+            f"reach (found: {have}); attach checkpoint_part{previous}.safetensors (on Kaggle: Add Data, then the "
+            f"previous session's output), or use --part auto to continue from what was found, or --resume none to "
+            f"start over")
+    return args.part
+
+
+def make_room(folder, need, keep_last):
+    """Make sure `need` bytes fit in `folder` with room to spare, pruning old rolling checkpoints early
+    if that helps; the newest checkpoint is never removed before a new one exists. Raises a
+    CheckpointError that says why, with every existing checkpoint kept, when they still do not fit."""
+    spare = int(need * 1.05) + (32 << 20)
+    if shutil.disk_usage(folder).free >= spare:
+        return
+    removed = ckpt.prune(folder, max(keep_last - 1, 1))
+    if removed:
+        tqdm.write(f"low disk space: pruned {', '.join(removed)} before saving")
+    free = shutil.disk_usage(folder).free
+    if free < spare:
+        raise ckpt.CheckpointError(f"not enough disk space in {folder} for a {ckpt.file_size_text(need)} checkpoint "
+                                   f"({ckpt.file_size_text(free)} free after pruning); every existing checkpoint "
+                                   f"was kept")
+
+
+def write_plots(out, history):
+    """training_curve.png (losses over steps, the learning rate below on a log scale, parts marked)
+    and loss_by_epoch.png (mean training loss per epoch), rewritten atomically at every save."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files only: no display on Kaggle or a server
+        import matplotlib.pyplot as plt
+    except ImportError:
+        if not getattr(write_plots, "warned", False):
+            print("matplotlib is not installed: skipping training_curve.png and loss_by_epoch.png")
+            write_plots.warned = True
+        return
+
+    def series(key):
+        points = [(s, v) for s, v in zip(history["steps"], history.get(key, [])) if v is not None]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def save_figure(fig, name):
+        tmp = ckpt.temp_path(os.path.join(out, name), ".png")  # savefig picks the format from the suffix
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, os.path.join(out, name))
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6), gridspec_kw={"height_ratios": [2, 1]})
+    top.plot(*series("train_loss"), color="tab:blue", lw=1, label="training loss")
+    top.plot(*series("val_loss"), color="tab:red", marker="o", ms=3, label="validation loss")
+    top.set_ylabel("loss")
+    top.legend()
+    bottom.plot(*series("learning_rate"), color="tab:green", lw=1)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("learning rate")
+    bottom.set_xlabel("global step")
+    for part in history["parts"][1:]:
+        for ax in (top, bottom):
+            ax.axvline(part["start_step"], color="gray", ls="--", lw=0.8)
+        top.annotate(f"part {part['part']}", (part["start_step"], 1), xycoords=("data", "axes fraction"),
+                     xytext=(3, -12), textcoords="offset points", fontsize=8, color="gray")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    save_figure(fig, "training_curve.png")
+
+    by_epoch = {}
+    for epoch, loss in zip(history["epochs"], history["train_loss"]):
+        if loss is not None:
+            by_epoch.setdefault(epoch, []).append(loss)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    epochs = sorted(by_epoch)
+    ax.plot([e + 1 for e in epochs], [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss")
+    ax.grid(alpha=0.3)
+    save_figure(fig, "loss_by_epoch.png")
 
 
 def write_metrics(out, history):
@@ -837,7 +972,7 @@ def resolve_config(args, saved):
     return cfg
 
 
-def restore(saved, args, task, optimizer, scaler):
+def restore(saved, args, task, optimizer, scaler, steps_per_epoch, grad_accum):
     """Load a checkpoint into model/optimizer/scaler/RNG; returns (progress, best, history)."""
     progress = {"epoch": 0, "batch_in_epoch": 0, "step_in_epoch": 0, "global_step": 0}
     best = {"metric": task.best_metric, "value": None, "step": None}
@@ -845,16 +980,27 @@ def restore(saved, args, task, optimizer, scaler):
         return progress, best, new_history()
     check_compatible(saved, args, task.model)
     task.model.load_state_dict(saved.state["model"])
-    if saved.meta.get("kind") != "train":  # weights-only or legacy: counters from the file where it has them
+    if saved.meta.get("kind") != "train":  # weights-only or legacy: what the file has, and a note of the rest
+        carried, lost = ["model weights"], ["RNG state (not in the file)"]
         if saved.state.get("optimizer"):
             try:
                 optimizer.load_state_dict(saved.state["optimizer"])
+                carried.append("optimizer moments")
             except (ValueError, KeyError) as e:
-                print(f"note: optimizer state of {saved.path} not used ({e})")
-        progress["global_step"] = int(saved.meta.get("global_step") or 0)
-        progress["epoch"] = int(saved.meta.get("epoch") or 0)
-        print(f"initialised from {saved.path} (weights{' + optimizer' if saved.state.get('optimizer') else ''}); "
-              f"RNG and data position start fresh at global step {progress['global_step']}")
+                lost.append(f"optimizer state (it does not fit this model: {e})")
+        if saved.state.get("scheduler"):
+            lost.append("scheduler state (Baton's learning rate is a function of the global step)")
+        # The global step is the one unambiguous counter (files disagree on whether `epoch` counts from
+        # 0 or 1, and whether `step` counts batches or optimizer steps): the position follows from it.
+        step = int(saved.meta.get("global_step") or 0)
+        progress.update(global_step=step, epoch=step // steps_per_epoch, step_in_epoch=step % steps_per_epoch,
+                        batch_in_epoch=(step % steps_per_epoch) * grad_accum)
+        if step:
+            lost.append(f"the file's data order (continuing in Baton's order at epoch {progress['epoch']}, "
+                        f"step {progress['step_in_epoch']}; the file said epoch {saved.meta.get('epoch')}, "
+                        f"step {saved.meta.get('step_in_epoch')})")
+        print(f"initialised from {saved.path} at global step {step}: carried {', '.join(carried)}; "
+              f"not carried: {'; '.join(lost)}")
         return progress, best, new_history()
     try:
         optimizer.load_state_dict(saved.state["optimizer"])
@@ -877,8 +1023,9 @@ def run(args, started):
     device, amp = choose_device(args)
     os.makedirs(args.out, exist_ok=True)
     ckpt.remove_stale_temp_files(args.out)
-    saved = find_resume(args)
+    saved, found = find_resume(args)
     check_task(saved, args)
+    args.part = resolve_part(args, saved, found)
     cfg = resolve_config(args, saved)
     print_config(cfg)
 
@@ -895,8 +1042,10 @@ def run(args, started):
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters on {device} (amp {amp}); "
           f"{steps_per_epoch} steps/epoch, {total_steps} planned steps")
-    progress, best, history = restore(saved, args, task, optimizer, scaler)
+    progress, best, history = restore(saved, args, task, optimizer, scaler, steps_per_epoch, cfg.grad_accum)
     history["parts"].append({"part": args.part, "start_step": progress["global_step"]})
+    part_start_epoch = progress["epoch"]
+    last_eval_step = None
 
     def state_and_meta():
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -910,14 +1059,25 @@ def run(args, started):
                 "task_meta": task.meta, "data_fingerprint": task.fingerprint}
         return state, meta
 
-    def save(name):
+    def save(name, final=False):
+        """Write a full checkpoint, then latest.txt, pruning, metrics.json and the plots. Returns
+        (path, bytes), or None when a periodic save found no room (the hand-off raises instead)."""
         t0 = time.monotonic()
         state, meta = state_and_meta()
         path = os.path.join(args.out, name)
-        nbytes = ckpt.write_file(path, state, meta)
+        need = sum(t.numel() * t.element_size() for t in ckpt.flatten_state(state)[0].values())
+        try:
+            make_room(args.out, need, cfg.keep_last)
+            nbytes = ckpt.write_file(path, state, meta)
+        except ckpt.CheckpointError as e:
+            if final:
+                raise
+            tqdm.write(f"warning: {e}; training goes on")
+            return None
         ckpt.write_text_atomic(os.path.join(args.out, ckpt.LATEST_NAME), name + "\n")
         ckpt.prune(args.out, cfg.keep_last)
         write_metrics(args.out, history)
+        write_plots(args.out, history)
         budget.save_seconds = max(budget.save_seconds, time.monotonic() - t0)
         return path, nbytes
 
@@ -926,10 +1086,17 @@ def run(args, started):
                 "step_in_epoch": progress["step_in_epoch"], "global_step": progress["global_step"],
                 "config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model.config),
                 "task_meta": task.meta, "metrics": metrics}
-        ckpt.write_file(os.path.join(args.out, ckpt.BEST_NAME), {"model": model.state_dict()}, meta)
+        try:
+            state = {"model": model.state_dict()}
+            make_room(args.out, sum(t.numel() * t.element_size() for t in ckpt.flatten_state(state)[0].values()),
+                      cfg.keep_last)
+            ckpt.write_file(os.path.join(args.out, ckpt.BEST_NAME), state, meta)
+        except ckpt.CheckpointError as e:
+            tqdm.write(f"warning: best model not saved: {e}")
 
     def run_eval():
         """Evaluate, track the best model; returns the metrics, or None if the budget cut it short."""
+        nonlocal last_eval_step
         t0 = time.monotonic()
         model.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
@@ -939,6 +1106,7 @@ def run(args, started):
         budget.eval_seconds = max(budget.eval_seconds, time.monotonic() - t0)
         if metrics is None:
             return None
+        last_eval_step = progress["global_step"]
         value = metrics[task.best_metric]
         better = best["value"] is None or (value > best["value"] if task.higher_is_better else value < best["value"])
         if better:
@@ -975,6 +1143,8 @@ def run(args, started):
                 stop_reason = f"signal {STOP['signal']}"
             elif args.max_steps is not None and progress["global_step"] >= args.max_steps:
                 stop_reason = f"max steps {args.max_steps}"
+            elif cfg.part_epochs and progress["epoch"] - part_start_epoch >= cfg.part_epochs:
+                stop_reason = f"part_epochs {cfg.part_epochs}"
             elif not budget.room_for_step():
                 stop_reason = "time budget"
             if stop_reason:
@@ -1019,7 +1189,7 @@ def run(args, started):
                 train_loss = (log_loss / log_count).item()
                 log_loss.zero_()
                 log_count = 0
-                record(history, steps=step, epochs=progress["epoch"], learning_rate=lr, train_loss=train_loss)
+                record(history, steps=step, epochs=epoch, learning_rate=lr, train_loss=train_loss)
                 bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", step=step,
                                 left=format_seconds(budget.left()), refresh=False)
             epoch_done = progress["epoch"] != epoch
@@ -1027,7 +1197,7 @@ def run(args, started):
                 if budget.room_for_eval():
                     metrics = run_eval()
                     if metrics is not None:
-                        record(history, steps=step, epochs=progress["epoch"], learning_rate=lr, **metrics)
+                        record(history, steps=step, epochs=epoch, learning_rate=lr, **metrics)
                         write_metrics(args.out, history)
                         tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             minutes = (time.monotonic() - last_save) / 60
@@ -1040,12 +1210,12 @@ def run(args, started):
     bar.close()
     # ---------------------------------------------------------------- TRAINING SECTION END
 
-    if stop_reason == "finished" and best["step"] != progress["global_step"] and budget.room_for_eval():
+    if stop_reason == "finished" and last_eval_step != progress["global_step"] and budget.room_for_eval():
         metrics = run_eval()  # the finished model's score, unless it was just evaluated
         if metrics is not None:
-            record(history, steps=progress["global_step"], epochs=progress["epoch"],
+            record(history, steps=progress["global_step"], epochs=progress["epoch"] - 1,
                    learning_rate=optimizer.param_groups[0]["lr"], **metrics)
-    path, nbytes = save(ckpt.handoff_name(args.part))
+    path, nbytes = save(ckpt.handoff_name(args.part), final=True)
     elapsed = time.time() - started
     print(f"\nstopped: {stop_reason} at global step {progress['global_step']} "
           f"(epoch {progress['epoch']}/{total_epochs}) after {format_seconds(elapsed)}")
@@ -1054,10 +1224,14 @@ def run(args, started):
     print(f"baton: {path} ({ckpt.file_size_text(nbytes)})")
     out_flag = "" if args.out == os.path.join(".", "runs", args.task) else f" --out {args.out}"
     if stop_reason == "finished":
-        print(f"training is complete. Predict with:\n  python infer.py --task {args.task} --ckpt {args.out}")
+        print(f"training is complete. Predict with:\n  {COMMANDS['infer']} --task {args.task} --ckpt {args.out}")
     else:
         hours = f" --budget-hours {args.budget_hours:g}" if args.budget_hours else ""
-        print(f"next: python train_part.py --task {args.task} --part {args.part + 1}{hours}{out_flag}")
+        print(f"next: {COMMANDS['train']} --task {args.task} --part {args.part + 1}{hours}{out_flag}")
+    if ON_KAGGLE:
+        print(f"Kaggle: /kaggle/working disappears with this session. Keep the baton: Save Version, then in the "
+              f"next session Add Data > Notebook Output > this notebook (Baton searches /kaggle/input), "
+              f"or download {path} and upload it as a dataset.")
     return 0
 
 

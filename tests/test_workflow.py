@@ -1,0 +1,165 @@
+"""The multi-session workflow: part numbers, discovery, plots, the disk guard, legacy import, and
+the single-file kernel."""
+
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import ckpt
+import train_part
+from data import text as text_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 12 optimizer steps per epoch on the 1,680-byte corpus below (as in test_train.py)
+TINY = ["--set", "n_layer=2", "--set", "n_head=2", "--set", "n_embd=32", "--set", "block_size=16",
+        "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "eval_every_steps=4", "--set", "eval_batches=2",
+        "--set", "warmup_steps=3", "--set", "log_every_steps=1", "--set", "save_every_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    path.write_text(text_data.read_corpus()[:1680])
+    return str(path)
+
+
+@pytest.fixture
+def inputs(tmp_path, monkeypatch):
+    root = tmp_path / "kaggle_input"
+    root.mkdir()
+    monkeypatch.setenv("BATON_INPUT_ROOTS", str(root))
+    return root
+
+
+def train(out, corpus, *extra, part="1"):
+    return train_part.main(["--task", "lm", "--part", str(part), "--out", str(out), "--data", corpus] + TINY
+                           + list(extra), started=time.time())
+
+
+def test_part_three_with_only_part_one_is_refused_and_auto_picks_two(tmp_path, corpus, inputs, capsys):
+    assert train(tmp_path / "s1", corpus, "--max-steps", "2") == 0
+    shutil.copytree(tmp_path / "s1", inputs / "session1-output")
+    capsys.readouterr()
+    assert train(tmp_path / "s3", corpus, "--max-steps", "4", part=3) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: part 3 continues from part 2") and "\n" not in err
+    assert "part 1 at global step 2" in err and "session1-output" in err
+    assert "checkpoint_part2.safetensors" in err and "--part auto" in err and "--resume none" in err
+    assert train(tmp_path / "s3", corpus, "--max-steps", "4", part="auto") == 0
+    out = capsys.readouterr().out
+    assert "--part auto: this is part 2" in out
+    assert ckpt.load(tmp_path / "s3" / "checkpoint_part2.safetensors").meta["global_step"] == 4
+    assert train(tmp_path / "fresh", corpus, "--max-steps", "1", "--resume", "none", part=3) == 0  # explicit restart
+
+
+def test_newest_by_global_step_in_nested_folders_whatever_the_file_times(tmp_path, corpus, inputs, capsys):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "9", "--set", "save_every_steps=3", "--set", "keep_last=5") == 0
+    places = {3: "a/deep/er", 6: "b", 9: "c/x/y/z"}
+    for step, folder in places.items():
+        (inputs / folder).mkdir(parents=True)
+        name = ckpt.rolling_name(0, step, step)
+        shutil.copy(out / name, inputs / folder / name)
+        os.utime(inputs / folder / name, (2_000_000_000 - step, 2_000_000_000 - step))  # older steps look newer
+    legacy = inputs / "b" / "old_checkpoint.pt"
+    torch.save({"model_state_dict": {"w": torch.zeros(1)}}, legacy)
+    capsys.readouterr()
+    assert train(tmp_path / "session2", corpus, "--max-steps", "10", part=2) == 0
+    report = capsys.readouterr().out
+    for step, folder in places.items():
+        assert str(inputs / folder / ckpt.rolling_name(0, step, step)) in report
+    assert str(legacy) in report and "legacy .pt/.pth" in report
+    chosen = report.split("USING")[1].splitlines()[1].strip()
+    assert chosen == str(inputs / "c/x/y/z" / ckpt.rolling_name(0, 9, 9))
+    assert f"resumed from {chosen}" in report
+
+
+def test_part_epochs_caps_each_part(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--set", "part_epochs=1") == 0
+    assert "stopped: part_epochs 1 at global step 12" in capsys.readouterr().out
+    assert train(out, corpus, part=2) == 0
+    assert ckpt.load(out / "checkpoint_part2.safetensors").meta["global_step"] == 24
+
+
+def count_colour(image, rgb, tolerance=0.08):
+    return int((np.abs(image[..., :3] - np.array(rgb) / 255).max(axis=-1) < tolerance).sum())
+
+
+def test_plots_show_losses_learning_rate_and_parts(tmp_path, corpus):
+    import matplotlib.image
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "14") == 0
+    assert train(out, corpus, "--max-steps", "30", part=2) == 0
+    curve = matplotlib.image.imread(out / "training_curve.png")
+    assert curve.shape[:2] == (600, 900)
+    assert count_colour(curve, (31, 119, 180)) > 200    # training loss (blue)
+    assert count_colour(curve, (214, 39, 40)) > 100     # validation loss (red)
+    assert count_colour(curve, (44, 160, 44)) > 200     # learning rate (green)
+    assert count_colour(curve, (128, 128, 128)) > 100   # the dashed part boundary (gray)
+    by_epoch = matplotlib.image.imread(out / "loss_by_epoch.png")
+    assert by_epoch.shape[:2] == (400, 700) and count_colour(by_epoch, (31, 119, 180)) > 50
+
+
+def test_a_save_that_does_not_fit_keeps_every_checkpoint_and_says_why(tmp_path, corpus, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "4", "--set", "save_every_steps=2") == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith(".safetensors")}
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(train_part.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    capsys.readouterr()
+    assert train(out, corpus, "--max-steps", "8", "--set", "save_every_steps=2", part=2) == 2
+    printed = capsys.readouterr()
+    assert "not enough disk space" in printed.err and "every existing checkpoint was kept" in printed.err
+    assert "training goes on" in printed.out + printed.err  # the periodic saves at steps 6 and 8 were skipped
+    after = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith(".safetensors")}
+    assert after == before
+
+
+def test_a_legacy_pt_in_the_seeds_format_continues_training(tmp_path, corpus, capsys):
+    assert train(tmp_path / "baton", corpus, "--max-steps", "5") == 0
+    state = ckpt.load(tmp_path / "baton" / "checkpoint_part1.safetensors").state
+    legacy = tmp_path / "checkpoint_epoch1_step10_global5.pt"
+    torch.save({"model_state_dict": {k: v.clone() for k, v in state["model"].items()},
+                "optimizer_state_dict": state["optimizer"], "scheduler_state_dict": {"last_epoch": 5},
+                "epoch": 1, "step": 10, "global_step": 5, "train_loss": 3.2}, legacy)
+    capsys.readouterr()
+    assert train(tmp_path / "continued", corpus, "--resume", str(legacy), "--max-steps", "8", part=2) == 0
+    printed = capsys.readouterr().out
+    assert "at global step 5: carried model weights, optimizer moments" in printed
+    assert "scheduler state" in printed and "RNG state" in printed
+    continued = ckpt.load(tmp_path / "continued" / "checkpoint_part2.safetensors")
+    assert continued.meta["global_step"] == 8 and continued.meta["epoch"] == 0 and continued.meta["step_in_epoch"] == 8
+
+
+def test_generated_kernel_runs_alone_in_an_empty_folder_and_resumes(tmp_path, corpus):
+    subprocess.run([sys.executable, os.path.join(ROOT, "make_kernel.py"), "--out", str(tmp_path / "gen" / "k.py")],
+                   check=True, capture_output=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(tmp_path / "gen" / "k.py", empty / "kaggle_kernel.py")
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "BATON_INPUT_ROOTS": ""}
+    (tmp_path / "tmp").mkdir()
+
+    def kernel(*args):
+        return subprocess.run([sys.executable, "kaggle_kernel.py", *args], cwd=empty, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    # the default data comes from inside the file: no --data
+    first = kernel("--task", "lm", "--max-steps", "3", *TINY)
+    assert first.returncode == 0, first.stderr
+    assert "next: python kaggle_kernel.py --task lm --part 2" in first.stdout
+    second = kernel("--task", "lm", "--part", "auto", "--max-steps", "5", *TINY)
+    assert second.returncode == 0, second.stderr
+    assert "resumed from ./runs/lm/checkpoint_part1.safetensors" in second.stdout
+    assert ckpt.load(empty / "runs" / "lm" / "checkpoint_part2.safetensors").meta["global_step"] == 5
+    generated = kernel("infer", "--task", "lm", "--ckpt", "runs/lm", "--prompt", "ROMEO", "--max-new-tokens", "10")
+    assert generated.returncode == 0 and generated.stdout.startswith("ROMEO")
+    assert sorted(os.listdir(empty)) == ["kaggle_kernel.py", "runs"]
