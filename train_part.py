@@ -60,7 +60,6 @@ from model.regression import Regressor, RegressorConfig  # noqa: E402
 from model.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC  # noqa: E402
 
 TASKS = ("lm", "asr", "reg")
-ON_KAGGLE = "KAGGLE_KERNEL_RUN_TYPE" in os.environ
 COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
 
 
@@ -317,12 +316,13 @@ def parse_args(argv):
                    help="mixed precision (default: bf16 on GPUs with compute capability >= 8.0, "
                         "fp16 on older GPUs, off on CPU)")
     args = p.parse_args(argv)
-    if args.budget_hours is None and ON_KAGGLE:
+    args.kaggle = "KAGGLE_KERNEL_RUN_TYPE" in os.environ  # set inside every Kaggle session
+    if args.budget_hours is None and args.kaggle:
         args.budget_hours = 11.0  # Kaggle ends GPU sessions at 12 hours
     if args.budget_hours is not None and args.budget_hours <= 0:
         p.error("--budget-hours must be positive")
     if args.out is None:
-        args.out = os.path.join("/kaggle/working" if ON_KAGGLE else ".", "runs", args.task)
+        args.out = os.path.join("/kaggle/working" if args.kaggle else ".", "runs", args.task)
     return args
 
 
@@ -1228,7 +1228,7 @@ def run(args, started):
     else:
         hours = f" --budget-hours {args.budget_hours:g}" if args.budget_hours else ""
         print(f"next: {COMMANDS['train']} --task {args.task} --part {args.part + 1}{hours}{out_flag}")
-    if ON_KAGGLE:
+    if args.kaggle:
         print(f"Kaggle: /kaggle/working disappears with this session. Keep the baton: Save Version, then in the "
               f"next session Add Data > Notebook Output > this notebook (Baton searches /kaggle/input), "
               f"or download {path} and upload it as a dataset.")

@@ -163,3 +163,12 @@ def test_generated_kernel_runs_alone_in_an_empty_folder_and_resumes(tmp_path, co
     generated = kernel("infer", "--task", "lm", "--ckpt", "runs/lm", "--prompt", "ROMEO", "--max-new-tokens", "10")
     assert generated.returncode == 0 and generated.stdout.startswith("ROMEO")
     assert sorted(os.listdir(empty)) == ["kaggle_kernel.py", "runs"]
+
+
+def test_kaggle_defaults_and_reminder(tmp_path, corpus, monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    args = train_part.parse_args(["--task", "asr"])
+    assert args.out == "/kaggle/working/runs/asr" and args.budget_hours == 11.0
+    assert train_part.parse_args(["--task", "lm", "--budget-hours", "2"]).budget_hours == 2.0
+    assert train(tmp_path / "run", corpus, "--max-steps", "1") == 0
+    assert "Kaggle: /kaggle/working disappears with this session" in capsys.readouterr().out
