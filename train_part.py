@@ -33,6 +33,7 @@ if __name__ == "__main__":
 IMPORT_TIME = time.time()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -45,6 +46,7 @@ from collections import deque  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import xxhash  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -335,14 +337,16 @@ class Task:
     sampler: EpochSampler        # micro-batches of training indices, per epoch
     iterate: typing.Callable     # (batches, epoch) -> iterator of dicts of tensors on the device, each with a "count"
     loss_sum: typing.Callable    # (model, batch) -> loss summed over the batch's "count" units
-    evaluate: typing.Callable    # (model, keep_going) -> {metric: value}, or None if cut short
+    evaluate: typing.Callable    # (model, keep_going) -> additive sums over this rank's share of the
+                                 # validation set (loss, counts, errors), or None if cut short
+    summarize: typing.Callable   # sums added over all ranks -> {metric: value}
     best_metric: str             # the evaluate() key that picks best_model.safetensors
     higher_is_better: bool       # direction of best_metric
     meta: dict                   # what inference needs besides weights (tokenizer, vocabulary, ...)
     fingerprint: str             # identifies the training data, to warn when it changes on resume
 
 
-def build_lm(cfg, device, saved=None):
+def build_lm(cfg, device, ranks, saved=None):
     text = text_data.read_corpus(cfg.data)
     if saved:  # resuming: decode exactly as before, even if the text changed
         tokenizer = text_data.tokenizer_from_dict(saved.meta["task_meta"]["tokenizer"])
@@ -383,7 +387,7 @@ def build_lm(cfg, device, saved=None):
         return F.cross_entropy(logits.float().flatten(0, 1), batch["y"].flatten(), reduction="sum")
 
     n_eval = min(len(val), cfg.eval_batches * cfg.batch_size)
-    eval_indices = np.linspace(0, len(val) - 1, n_eval).round().astype(int).tolist()
+    eval_indices = np.linspace(0, len(val) - 1, n_eval).round().astype(int).tolist()[ranks.rank::ranks.world]
 
     @torch.no_grad()
     def evaluate(model, keep_going):
@@ -395,13 +399,17 @@ def build_lm(cfg, device, saved=None):
             logits = model(x.to(device))
             total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
             count += y.numel()
-        val_loss = total / count
+        return {"loss": total, "tokens": count}
+
+    def summarize(sums):
+        val_loss = sums["loss"] / sums["tokens"]
         return {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50.0))}
 
     return Task(
         model=model,
-        sampler=EpochSampler(len(train), cfg.batch_size, cfg.seed, shuffle=True, drop_last=True),
-        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate,
+        sampler=EpochSampler(len(train), cfg.batch_size, cfg.seed, shuffle=True, drop_last=True,
+                             rank=ranks.rank, world_size=ranks.world),
+        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate, summarize=summarize,
         best_metric="val_loss", higher_is_better=False,
         meta={"tokenizer": tokenizer.to_dict()},
         fingerprint=xxhash.xxh3_64(tokens.numpy().tobytes()).hexdigest(),
@@ -414,7 +422,7 @@ def held_out(ids, fraction):
     return np.array([xxhash.xxh3_64_intdigest(str(i).encode()) % 10_000 < fraction * 10_000 for i in ids], dtype=bool)
 
 
-def build_asr(cfg, device, saved=None):
+def build_asr(cfg, device, ranks, saved=None):
     utterances = audio.read_manifest(cfg.data)
     if any(u.split for u in utterances):
         train_utts = [u for u in utterances if u.split in (None, "", "train")]
@@ -474,12 +482,13 @@ def build_asr(cfg, device, saved=None):
         logits, frames = model(batch["input_values"], batch["attention_mask"])  # (B, T, V), (B,)
         return ctc_sum(logits, frames, batch["labels"], batch["label_lengths"])
 
-    by_length = sorted(range(len(val)), key=lambda i: val.lengths[i])  # batches of similar length pad less
+    # This rank's share of the validation clips, in batches of similar length (they pad less).
+    by_length = sorted(range(len(val)), key=lambda i: val.lengths[i])[ranks.rank::ranks.world]
     references = [audio.normalize_text(item.sentence) for item in val.items]
 
     @torch.no_grad()
     def evaluate(model, keep_going):
-        hypotheses, total, labels = [""] * len(val), 0.0, 0
+        hypotheses, total, labels = {}, 0.0, 0
         for start in range(0, len(by_length), cfg.batch_size):
             if not keep_going():
                 return None
@@ -491,15 +500,24 @@ def build_asr(cfg, device, saved=None):
             best_ids = logits.argmax(dim=-1).cpu()  # (B, T) greedy decoding
             for row, i in enumerate(rows):
                 hypotheses[i] = vocab.decode_ctc(best_ids[row, : int(frames[row])].tolist())
-        for i in range(min(2, len(val))):
+        for i in sorted(hypotheses)[:2]:
             tqdm.write(f"  ref: {references[i]}\n  hyp: {hypotheses[i]}")
-        return {"val_loss": total / max(labels, 1), "wer": audio.wer(references, hypotheses),
-                "cer": audio.cer(references, hypotheses)}
+        refs, hyps = [references[i] for i in hypotheses], list(hypotheses.values())
+        word_errors, words = audio.error_counts(refs, hyps, words=True)
+        char_errors, chars = audio.error_counts(refs, hyps, words=False)
+        return {"loss": total, "labels": labels, "word_errors": word_errors, "words": words,
+                "char_errors": char_errors, "chars": chars}
+
+    def summarize(sums):
+        return {"val_loss": sums["loss"] / max(sums["labels"], 1),
+                "wer": audio.error_rate(sums["word_errors"], sums["words"]),
+                "cer": audio.error_rate(sums["char_errors"], sums["chars"])}
 
     return Task(
         model=model,
-        sampler=EpochSampler(len(train), cfg.batch_size, cfg.seed, shuffle=True, lengths=train.lengths),
-        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate,
+        sampler=EpochSampler(len(train), cfg.batch_size, cfg.seed, shuffle=True, lengths=train.lengths,
+                             rank=ranks.rank, world_size=ranks.world),
+        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate, summarize=summarize,
         best_metric="wer", higher_is_better=False,
         meta={"vocab": vocab.to_dict()},
         fingerprint=xxhash.xxh3_64("\n".join(f"{u.id}\t{u.sentence}" for u in train.items).encode()).hexdigest(),
@@ -524,7 +542,7 @@ def text_backbone(cfg):
     return text_data.tokenizer_from_dict(lm.meta["task_meta"]["tokenizer"]), gpt
 
 
-def build_reg(cfg, device, saved=None):
+def build_reg(cfg, device, ranks, saved=None):
     numeric_columns = [c.strip() for c in cfg.numeric_columns.split(",") if c.strip()]
     data = cfg.data or table_data.DEFAULT_TRAIN
     table = table_data.read_table(data, cfg.id_column, cfg.text_column, numeric_columns, cfg.target_column)
@@ -600,25 +618,32 @@ def build_reg(cfg, device, saved=None):
         for indices in batches:
             yield {**batch_of(train_rows[indices]), "count": len(indices)}
 
+    my_val_rows = val_rows[ranks.rank::ranks.world]
+
     @torch.no_grad()
     def evaluate(model, keep_going):
-        predictions, losses = [], 0.0
-        for start in range(0, len(val_rows), cfg.batch_size):
+        predictions, losses = [torch.zeros(0, dtype=torch.float64)], 0.0
+        for start in range(0, len(my_val_rows), cfg.batch_size):
             if not keep_going():
                 return None
-            batch = batch_of(val_rows[start:start + cfg.batch_size])
+            batch = batch_of(my_val_rows[start:start + cfg.batch_size])
             losses += loss_sum(model, batch).item()
             predictions.append(table_data.decode_target(forward(model, batch), lo, hi).cpu())
-        predicted, actual = torch.cat(predictions).numpy(), table.target[val_rows]
-        return {"val_loss": losses / len(val_rows), "smape": table_data.smape(predicted, actual),
-                "mae": table_data.mae(predicted, actual)}
+        predicted, actual, n = torch.cat(predictions).numpy(), table.target[my_val_rows], len(my_val_rows)
+        return {"loss": losses, "rows": n, "smape": table_data.smape(predicted, actual) * n if n else 0.0,
+                "abs_error": table_data.mae(predicted, actual) * n if n else 0.0}
+
+    def summarize(sums):
+        return {"val_loss": sums["loss"] / sums["rows"], "smape": sums["smape"] / sums["rows"],
+                "mae": sums["abs_error"] / sums["rows"]}
 
     baseline = table_data.smape(np.full(len(val_rows), np.median(table.target[train_rows])), table.target[val_rows])
     print(f"reference: predicting the training median scores SMAPE {baseline:.1f} on validation")
     return Task(
         model=model,
-        sampler=EpochSampler(len(train_rows), cfg.batch_size, cfg.seed, shuffle=True),
-        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate,
+        sampler=EpochSampler(len(train_rows), cfg.batch_size, cfg.seed, shuffle=True, rank=ranks.rank,
+                             world_size=ranks.world),
+        iterate=iterate, loss_sum=loss_sum, evaluate=evaluate, summarize=summarize,
         best_metric="smape", higher_is_better=False,
         meta={"tokenizer": tokenizer.to_dict() if tokenizer else None,
               "standardizer": standardize.to_dict() if standardize else None,
@@ -766,7 +791,7 @@ def check_task(saved, args):
 
 
 def check_compatible(saved, args, model):
-    """Refuse a checkpoint that cannot continue this run exactly: another model shape, another world size."""
+    """Refuse a checkpoint that cannot continue this run: another model shape."""
     ours = model.state_dict()
     theirs = saved.state["model"]
     missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
@@ -779,10 +804,6 @@ def check_compatible(saved, args, model):
             f"shapes {', '.join(wrong[:4])}" if wrong else "") if x)
         raise ConfigError(f"{saved.path} holds a different model than this config builds ({details}); "
                           f"a resumed run cannot change the model's shape")
-    world = saved.meta.get("world_size", 1)
-    if world != 1:
-        raise ConfigError(f"{saved.path} was written by {world} processes; resume it with "
-                          f"torchrun --nproc_per_node {world}")
 
 
 def input_roots(args):
@@ -928,6 +949,76 @@ def write_metrics(out, history):
 
 
 # -----------------------------------------------------------------------------
+# Several processes: torchrun and DistributedDataParallel
+
+@dataclasses.dataclass
+class Ranks:
+    """This process among torchrun's workers (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = None  # where collectives exchange tensors: the GPU for NCCL, else CPU
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def start_processes(device_type):
+    """Join the process group torchrun describes in the environment: NCCL between GPUs (one per
+    process), gloo between CPU processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks(device=torch.device("cpu"))
+    ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_type == "cuda":
+        torch.cuda.set_device(ranks.local_rank % torch.cuda.device_count())
+        ranks.device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        ranks.device = torch.device("cpu")
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return ranks
+
+
+def agree(ranks, *flags):
+    """Each flag made true on every rank if it is true on any (one small all-reduce). Decisions
+    that end a loop or start a collective (stop, evaluate, save) are agreed this way, so no rank
+    waits in a collective for one that went elsewhere."""
+    if ranks.world == 1:
+        return flags if len(flags) > 1 else flags[0]
+    t = torch.tensor([float(bool(f)) for f in flags], device=ranks.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    out = tuple(bool(v) for v in t.tolist())
+    return out if len(out) > 1 else out[0]
+
+
+def from_rank0(ranks, obj):
+    """Rank 0's value of a picklable object, on every rank."""
+    if ranks.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(ranks, obj):
+    """Every rank's value of a picklable object, as a list in rank order."""
+    if ranks.world == 1:
+        return [obj]
+    out = [None] * ranks.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_sum(ranks, *values):
+    if ranks.world == 1:
+        return values if len(values) > 1 else values[0]
+    t = torch.tensor(values, dtype=torch.float64, device=ranks.device)
+    dist.all_reduce(t)
+    return tuple(t.tolist()) if len(values) > 1 else t.item()
+
+
+# -----------------------------------------------------------------------------
 # main
 
 def main(argv=None, started=None):
@@ -937,23 +1028,25 @@ def main(argv=None, started=None):
     try:
         return run(args, started)
     except (ConfigError, DataError, ckpt.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank raises it: say it once
+            print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def choose_device(args):
     """Device and precision, decided once: bf16 only where the GPU does it natively (compute
     capability 8.0+); T4/P100 get fp16 with a GradScaler; CPU runs in fp32 unless asked."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible")
-    amp = args.amp
-    if amp is None:
-        amp = "off" if device.type == "cpu" else ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device, amp
+    if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
+        return torch.device("cpu"), args.amp or "off"
+    device = torch.device("cuda", torch.cuda.current_device())  # start_processes picked this rank's GPU
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return device, args.amp or ("bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16")
 
 
 def resolve_config(args, saved):
@@ -972,7 +1065,7 @@ def resolve_config(args, saved):
     return cfg
 
 
-def restore(saved, args, task, optimizer, scaler, steps_per_epoch, grad_accum):
+def restore(saved, args, task, optimizer, scaler, steps_per_epoch, ranks, cfg):
     """Load a checkpoint into model/optimizer/scaler/RNG; returns (progress, best, history)."""
     progress = {"epoch": 0, "batch_in_epoch": 0, "step_in_epoch": 0, "global_step": 0}
     best = {"metric": task.best_metric, "value": None, "step": None}
@@ -994,7 +1087,7 @@ def restore(saved, args, task, optimizer, scaler, steps_per_epoch, grad_accum):
         # 0 or 1, and whether `step` counts batches or optimizer steps): the position follows from it.
         step = int(saved.meta.get("global_step") or 0)
         progress.update(global_step=step, epoch=step // steps_per_epoch, step_in_epoch=step % steps_per_epoch,
-                        batch_in_epoch=(step % steps_per_epoch) * grad_accum)
+                        batch_in_epoch=(step % steps_per_epoch) * cfg.grad_accum)
         if step:
             lost.append(f"the file's data order (continuing in Baton's order at epoch {progress['epoch']}, "
                         f"step {progress['step_in_epoch']}; the file said epoch {saved.meta.get('epoch')}, "
@@ -1011,28 +1104,80 @@ def restore(saved, args, task, optimizer, scaler, steps_per_epoch, grad_accum):
         scaler.load_state_dict(saved.state["scaler"])
     if saved.meta.get("data_fingerprint") != task.fingerprint:
         print("warning: the training data differs from the checkpoint's; the data order will differ")
-    ckpt.restore_rng(saved.state["rng"])  # last, after everything that draws random numbers is built
     progress = dict(saved.state["progress"])
+    # Every rank's RNG is in the file (one state per rank); restored last, after everything that
+    # draws random numbers has been built.
+    states = saved.state["rng"] if isinstance(saved.state["rng"], list) else [saved.state["rng"]]
+    if ranks.rank < len(states):
+        ckpt.restore_rng(states[ranks.rank])
+    else:
+        random_seed_everything(cfg.seed + 1000 * ranks.rank + progress["global_step"])
+    saved_world = saved.meta.get("world_size", 1)
+    if saved_world != ranks.world:
+        # Batches are dealt to ranks in turn, so batch b of each of W ranks is global batch b * W:
+        # continue from the same global sample position.
+        progress["batch_in_epoch"] = progress["batch_in_epoch"] * saved_world // ranks.world
+        progress["step_in_epoch"] = progress["batch_in_epoch"] // cfg.grad_accum
+        print(f"warning: {saved.path} was written by {saved_world} process(es) and this run has {ranks.world}: "
+              f"training continues from the same sample position (epoch {progress['epoch']}, about "
+              f"{progress['batch_in_epoch'] * ranks.world * cfg.batch_size} samples in), but the data order, the "
+              f"learning-rate plan and the random streams differ from an uninterrupted run")
     print(f"resumed from {saved.path}: epoch {progress['epoch']}, step {progress['step_in_epoch']} "
           f"in epoch, global step {progress['global_step']}")
     return progress, dict(saved.state["best"]), saved.state["history"]
 
 
+def choose_checkpoint(args, ranks):
+    """(checkpoint or None, part number): rank 0 looks and decides, every rank loads what it chose,
+    and a file that fails on any rank fails on all (no rank is left waiting for another)."""
+    choice = None
+    if ranks.main:
+        try:
+            saved, found = find_resume(args)
+            check_task(saved, args)
+            choice = ("ok", saved.path if saved else None, resolve_part(args, saved, found))
+        except (ConfigError, DataError, ckpt.CheckpointError) as e:
+            choice = ("error", str(e), None)
+    choice = from_rank0(ranks, choice)
+    if choice[0] == "error":
+        raise ConfigError(choice[1])
+    _, path, part = choice
+    problem = None
+    if not ranks.main and path is not None:
+        try:
+            saved = ckpt.load_any(path)
+        except ckpt.CheckpointError as e:
+            problem = str(e)
+    elif not ranks.main:
+        saved = None
+    if agree(ranks, problem is not None):
+        raise ConfigError(problem or f"another process could not read {path}")
+    return saved, part
+
+
 def run(args, started):
     budget = TimeBudget(args.budget_hours, started)
+    ranks = start_processes(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not ranks.main:  # one log: rank 0 speaks for all (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")
     device, amp = choose_device(args)
     os.makedirs(args.out, exist_ok=True)
-    ckpt.remove_stale_temp_files(args.out)
-    saved, found = find_resume(args)
-    check_task(saved, args)
-    args.part = resolve_part(args, saved, found)
+    if ranks.main:
+        ckpt.remove_stale_temp_files(args.out)
+    saved, args.part = choose_checkpoint(args, ranks)
     cfg = resolve_config(args, saved)
     print_config(cfg)
 
     # ---- task, model, optimizer, and the state they resume from
-    random_seed_everything(cfg.seed)
-    task = BUILDERS[args.task](cfg, device, saved if saved and saved.meta.get("kind") == "train" else None)
+    random_seed_everything(cfg.seed)  # the same initial weights on every rank
+    task = BUILDERS[args.task](cfg, device, ranks, saved if saved and saved.meta.get("kind") == "train" else None)
     model = task.model
+    if ranks.world > 1:
+        random_seed_everything(cfg.seed + 1000 * ranks.rank)  # but each rank its own dropout and masks
+    # With LayerDrop, ranks skip different layers, so DDP must expect parameters without gradients.
+    train_model = model if ranks.world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=getattr(model.config, "layerdrop", 0) > 0)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
@@ -1040,48 +1185,60 @@ def run(args, started):
     total_steps = planned_steps(cfg, steps_per_epoch)
     total_epochs = cfg.epochs + cfg.phase2_epochs
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters on {device} (amp {amp}); "
+    processes = f" x {ranks.world} processes" if ranks.world > 1 else ""
+    print(f"model: {n_params / 1e6:.2f}M parameters on {device}{processes} (amp {amp}); "
           f"{steps_per_epoch} steps/epoch, {total_steps} planned steps")
-    progress, best, history = restore(saved, args, task, optimizer, scaler, steps_per_epoch, cfg.grad_accum)
+    progress, best, history = restore(saved, args, task, optimizer, scaler, steps_per_epoch, ranks, cfg)
     history["parts"].append({"part": args.part, "start_step": progress["global_step"]})
     part_start_epoch = progress["epoch"]
     last_eval_step = None
 
-    def state_and_meta():
+    def state_and_meta(rng_states):
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "scheduler": {"kind": "warmup_cosine_then_phase2", "last_lr": optimizer.param_groups[0]["lr"]},
-                 "rng": ckpt.capture_rng(), "progress": dict(progress), "best": dict(best), "history": history,
+                 "rng": rng_states, "progress": dict(progress), "best": dict(best), "history": history,
                  "sampler": {"seed": cfg.seed, "epoch": progress["epoch"], "batch_in_epoch": progress["batch_in_epoch"],
                              "batches_per_epoch": len(task.sampler)}}
         meta = {"task": args.task, "kind": "train", "part": args.part, "epoch": progress["epoch"],
                 "step_in_epoch": progress["step_in_epoch"], "global_step": progress["global_step"],
-                "world_size": 1, "config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model.config),
-                "task_meta": task.meta, "data_fingerprint": task.fingerprint}
+                "world_size": ranks.world, "config": dataclasses.asdict(cfg),
+                "model_config": dataclasses.asdict(model.config), "task_meta": task.meta,
+                "data_fingerprint": task.fingerprint}
         return state, meta
 
     def save(name, final=False):
-        """Write a full checkpoint, then latest.txt, pruning, metrics.json and the plots. Returns
-        (path, bytes), or None when a periodic save found no room (the hand-off raises instead)."""
+        """Rank 0 writes one full checkpoint (with every rank's RNG), then latest.txt, pruning,
+        metrics.json and the plots; the others wait for its outcome. Returns (path, bytes), or None
+        when a periodic save found no room (the hand-off raises instead)."""
         t0 = time.monotonic()
-        state, meta = state_and_meta()
-        path = os.path.join(args.out, name)
-        need = sum(t.numel() * t.element_size() for t in ckpt.flatten_state(state)[0].values())
-        try:
-            make_room(args.out, need, cfg.keep_last)
-            nbytes = ckpt.write_file(path, state, meta)
-        except ckpt.CheckpointError as e:
-            if final:
-                raise
-            tqdm.write(f"warning: {e}; training goes on")
-            return None
-        ckpt.write_text_atomic(os.path.join(args.out, ckpt.LATEST_NAME), name + "\n")
-        ckpt.prune(args.out, cfg.keep_last)
-        write_metrics(args.out, history)
-        write_plots(args.out, history)
+        rng_states = gather(ranks, ckpt.capture_rng())
+        outcome = None
+        if ranks.main:
+            state, meta = state_and_meta(rng_states)
+            path = os.path.join(args.out, name)
+            need = sum(t.numel() * t.element_size() for t in ckpt.flatten_state(state)[0].values())
+            try:
+                make_room(args.out, need, cfg.keep_last)
+                outcome = ("ok", path, ckpt.write_file(path, state, meta))
+            except ckpt.CheckpointError as e:
+                outcome = ("error", str(e), 0)
+            if outcome[0] == "ok":
+                ckpt.write_text_atomic(os.path.join(args.out, ckpt.LATEST_NAME), name + "\n")
+                ckpt.prune(args.out, cfg.keep_last)
+                write_metrics(args.out, history)
+                write_plots(args.out, history)
+        outcome = from_rank0(ranks, outcome)  # also the barrier: nobody runs ahead of a save
         budget.save_seconds = max(budget.save_seconds, time.monotonic() - t0)
-        return path, nbytes
+        if outcome[0] == "error":
+            if final:
+                raise ckpt.CheckpointError(outcome[1])
+            tqdm.write(f"warning: {outcome[1]}; training goes on")
+            return None
+        return outcome[1], outcome[2]
 
     def save_best(metrics):
+        if not ranks.main:
+            return
         meta = {"task": args.task, "kind": "weights", "part": args.part, "epoch": progress["epoch"],
                 "step_in_epoch": progress["step_in_epoch"], "global_step": progress["global_step"],
                 "config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model.config),
@@ -1095,17 +1252,20 @@ def run(args, started):
             tqdm.write(f"warning: best model not saved: {e}")
 
     def run_eval():
-        """Evaluate, track the best model; returns the metrics, or None if the budget cut it short."""
+        """Evaluate (each rank its share), track the best model; returns the metrics, or None if the
+        budget cut it short on any rank."""
         nonlocal last_eval_step
         t0 = time.monotonic()
         model.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            metrics = task.evaluate(model, lambda: STOP["signal"] is None and budget.can_continue_eval())
+            sums = task.evaluate(model, lambda: STOP["signal"] is None and budget.can_continue_eval())
         model.train()
+        shares = gather(ranks, sums)
         budget.eval_seconds = max(budget.eval_seconds, time.monotonic() - t0)
-        if metrics is None:
+        if any(share is None for share in shares):
             return None
+        metrics = task.summarize({key: sum(share[key] for share in shares) for key in shares[0]})
         last_eval_step = progress["global_step"]
         value = metrics[task.best_metric]
         better = best["value"] is None or (value > best["value"] if task.higher_is_better else value < best["value"])
@@ -1116,9 +1276,9 @@ def run(args, started):
 
     if budget.deadline is not None:  # weights + AdamW's two moments dominate the file
         state_bytes = 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        budget.save_seconds = estimate_save_seconds(args.out, state_bytes)
+        budget.save_seconds = from_rank0(ranks, estimate_save_seconds(args.out, state_bytes) if ranks.main else None)
 
-    if not budget.room_for_step() and not STOP["signal"]:  # not even one step fits: bad input, nothing to save
+    if agree(ranks, not budget.room_for_step() and not STOP["signal"]):  # not even one step fits: nothing to save
         raise ConfigError(f"--budget-hours {args.budget_hours:g} is too small: start-up took {time.time() - started:.0f} s "
                           f"and the final save needs more than the {max(budget.left(), 0):.0f} s left; give the part more time")
 
@@ -1128,8 +1288,9 @@ def run(args, started):
     last_save = time.monotonic()
     log_loss = torch.zeros((), device=device)  # summed on the device; .item() only when logging
     log_count = 0
+    last_batch = None
     bar = tqdm(total=total_steps, initial=progress["global_step"], unit="step", dynamic_ncols=True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, disable=not ranks.main)
     while stop_reason is None:
         if progress["epoch"] >= total_epochs:
             stop_reason = "finished"
@@ -1138,14 +1299,15 @@ def run(args, started):
         batches = task.sampler.batches(epoch)  # O(epoch size) to build, O(1) to jump into
         stream = task.iterate(batches[progress["batch_in_epoch"]:], epoch)
         while progress["batch_in_epoch"] < len(batches):
-            # -- decisions at the step boundary: the only place a part may stop
-            if STOP["signal"]:
-                stop_reason = f"signal {STOP['signal']}"
+            # -- decisions at the step boundary: the only place a part may stop (agreed by all ranks)
+            signalled, out_of_time = agree(ranks, STOP["signal"], not budget.room_for_step())
+            if signalled:
+                stop_reason = f"signal {STOP['signal'] or 'on another process'}"
             elif args.max_steps is not None and progress["global_step"] >= args.max_steps:
                 stop_reason = f"max steps {args.max_steps}"
             elif cfg.part_epochs and progress["epoch"] - part_start_epoch >= cfg.part_epochs:
                 stop_reason = f"part_epochs {cfg.part_epochs}"
-            elif not budget.room_for_step():
+            elif out_of_time:
                 stop_reason = "time budget"
             if stop_reason:
                 break
@@ -1158,16 +1320,28 @@ def run(args, started):
                 group["lr"] = lr
             window = [next(stream) for _ in range(min(cfg.grad_accum, len(batches) - progress["batch_in_epoch"]))]
             # Normalise by the units (tokens, labels, rows) of the whole window, not per micro-batch,
-            # so a short final window or uneven batches weigh each unit the same.
+            # so a short final window or uneven batches weigh each unit the same. DDP averages the
+            # ranks' gradients, so dividing by the mean count over ranks weighs every unit of every
+            # rank the same too.
             window_count = sum(b["count"] for b in window)
-            for batch in window:
+            local_count = window_count
+            if ranks.world > 1:
+                window_count = all_sum(ranks, window_count) / ranks.world
+            for i, batch in enumerate(window):
+                weight = 1.0
                 if batch["count"] == 0:  # every clip of this micro-batch was unreadable
-                    continue
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss_sum = task.loss_sum(model, batch)
-                scaler.scale(loss_sum / window_count).backward()
+                    if ranks.world == 1 or last_batch is None:
+                        continue
+                    batch, weight = last_batch, 0.0  # keep in step with the other ranks' gradient exchange
+                last_batch = batch
+                # Gradients are exchanged between ranks once per step, after the last micro-batch.
+                exchange = ranks.world == 1 or i == len(window) - 1
+                with contextlib.nullcontext() if exchange else train_model.no_sync():
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        loss_sum = task.loss_sum(train_model, batch) * weight
+                    scaler.scale(loss_sum / window_count).backward()
                 log_loss += loss_sum.detach()
-            log_count += window_count
+            log_count += local_count
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -1186,7 +1360,9 @@ def run(args, started):
             # -- logging, evaluation, periodic saves
             step = progress["global_step"]
             if step % cfg.log_every_steps == 0:
-                train_loss = (log_loss / log_count).item()
+                loss_total, count_total = all_sum(ranks, log_loss.item(), log_count) if ranks.world > 1 \
+                    else (log_loss.item(), log_count)
+                train_loss = loss_total / count_total
                 log_loss.zero_()
                 log_count = 0
                 record(history, steps=step, epochs=epoch, learning_rate=lr, train_loss=train_loss)
@@ -1194,15 +1370,16 @@ def run(args, started):
                                 left=format_seconds(budget.left()), refresh=False)
             epoch_done = progress["epoch"] != epoch
             if (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or (not cfg.eval_every_steps and epoch_done):
-                if budget.room_for_eval():
+                if not agree(ranks, not budget.room_for_eval()):
                     metrics = run_eval()
                     if metrics is not None:
                         record(history, steps=step, epochs=epoch, learning_rate=lr, **metrics)
-                        write_metrics(args.out, history)
+                        if ranks.main:
+                            write_metrics(args.out, history)
                         tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             minutes = (time.monotonic() - last_save) / 60
-            if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or \
-                    (cfg.save_every_minutes and minutes >= cfg.save_every_minutes):
+            due = cfg.save_every_steps and step % cfg.save_every_steps == 0
+            if due or agree(ranks, cfg.save_every_minutes and minutes >= cfg.save_every_minutes):
                 save(ckpt.rolling_name(progress["epoch"], progress["step_in_epoch"], step))
                 last_save = time.monotonic()
             if epoch_done:
@@ -1210,7 +1387,8 @@ def run(args, started):
     bar.close()
     # ---------------------------------------------------------------- TRAINING SECTION END
 
-    if stop_reason == "finished" and last_eval_step != progress["global_step"] and budget.room_for_eval():
+    if stop_reason == "finished" and last_eval_step != progress["global_step"] and \
+            not agree(ranks, not budget.room_for_eval()):
         metrics = run_eval()  # the finished model's score, unless it was just evaluated
         if metrics is not None:
             record(history, steps=progress["global_step"], epochs=progress["epoch"] - 1,
@@ -1223,11 +1401,13 @@ def run(args, started):
         print(f"best {best['metric']} {best['value']:.4f} at step {best['step']}: {os.path.join(args.out, ckpt.BEST_NAME)}")
     print(f"baton: {path} ({ckpt.file_size_text(nbytes)})")
     out_flag = "" if args.out == os.path.join(".", "runs", args.task) else f" --out {args.out}"
+    launcher = COMMANDS["train"] if ranks.world == 1 else \
+        COMMANDS["train"].replace("python ", f"torchrun --nproc_per_node {ranks.world} ", 1)
     if stop_reason == "finished":
         print(f"training is complete. Predict with:\n  {COMMANDS['infer']} --task {args.task} --ckpt {args.out}")
     else:
         hours = f" --budget-hours {args.budget_hours:g}" if args.budget_hours else ""
-        print(f"next: {COMMANDS['train']} --task {args.task} --part {args.part + 1}{hours}{out_flag}")
+        print(f"next: {launcher} --task {args.task} --part {args.part + 1}{hours}{out_flag}")
     if args.kaggle:
         print(f"Kaggle: /kaggle/working disappears with this session. Keep the baton: Save Version, then in the "
               f"next session Add Data > Notebook Output > this notebook (Baton searches /kaggle/input), "

@@ -445,12 +445,20 @@ def collate(items):
 
 def wer(references, hypotheses):
     """Word error rate over the whole set: (substitutions + deletions + insertions) / reference words."""
-    return _error_rate(references, hypotheses, words=True)
+    return error_rate(*error_counts(references, hypotheses, words=True))
 
 
 def cer(references, hypotheses):
     """Character error rate over the whole set (spaces count as characters, as in jiwer)."""
-    return _error_rate(references, hypotheses, words=False)
+    return error_rate(*error_counts(references, hypotheses, words=False))
+
+
+def error_rate(errors, total):
+    """Errors per reference unit; with nothing to recognise, perfect only if nothing was produced.
+    Counts add up across shards (several processes), rates do not: reduce counts, then call this."""
+    if total == 0:
+        return 0.0 if errors == 0 else 1.0
+    return errors / total
 
 
 def _edit_distance(a, b):
@@ -464,14 +472,15 @@ def _edit_distance(a, b):
     return previous[-1]
 
 
-def _error_rate(references, hypotheses, words):
+def error_counts(references, hypotheses, words):
+    """(edit errors, reference units) over the whole set, in words or characters."""
     try:
         import jiwer  # only evaluation needs it
     except ImportError:  # Kaggle does not preinstall jiwer, and its internet is often off
         jiwer = None
-        if not getattr(_error_rate, "warned", False):
+        if not getattr(error_counts, "warned", False):
             print("note: jiwer is not installed; WER/CER come from Baton's own edit distance (same numbers)")
-            _error_rate.warned = True
+            error_counts.warned = True
 
     references = [references] if isinstance(references, str) else list(references)
     hypotheses = [hypotheses] if isinstance(hypotheses, str) else list(hypotheses)
@@ -495,6 +504,4 @@ def _error_rate(references, hypotheses, words):
     elif scored:
         units = str.split if words else list
         errors += sum(_edit_distance(units(r), units(h)) for r, h in scored)
-    if total == 0:  # nothing to recognise: perfect only if nothing was produced
-        return 0.0 if errors == 0 else 1.0
-    return errors / total
+    return errors, total
