@@ -89,12 +89,13 @@ class TrainConfig:
     phase2_epochs: int = 0          # extra epochs after phase 1 at a fixed low LR (0 = none)
     phase2_lr: float = 5e-6         # the phase-2 learning rate
     part_epochs: int = 0            # stop a part after this many epochs (the seeds' 18 a part); 0 = budget only
-    eval_every_steps: int = 200     # validation every N optimizer steps; 0 = at each epoch end
+    eval_every_steps: int = 250     # validation every N optimizer steps; 0 = at each epoch end
     log_every_steps: int = 10       # training loss / LR into metrics.json every N steps
     save_every_steps: int = 500     # rolling checkpoint every N steps; 0 = off
     save_every_minutes: float = 30  # ... and at least every N minutes; 0 = off
     keep_last: int = 3              # rolling checkpoints kept (hand-offs and best are never pruned)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    compile: bool = False           # torch.compile the training forward (slow to start; faster steps on GPUs)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "grad_accum", "log_every_steps"):
@@ -439,7 +440,9 @@ def build_asr(cfg, device, ranks, saved=None):
     else:
         vocab = audio.CharVocab.build(audio.normalize_text(u.sentence) for u in train_utts)
     step = max(1, len(val_utts) // cfg.eval_max_clips)
-    small = len(utterances) <= 20_000  # decode once and keep in memory (a few hundred MB at most)
+    # Decode once and keep in memory only when that is cheap: 2,000 clips of a few seconds are
+    # ~0.5 GB; a large set is decoded by the loader as it goes (Bengali.AI has ~960,000 clips).
+    small = len(utterances) <= 2_000
     train = audio.AudioDataset(train_utts, vocab, max_seconds=cfg.max_seconds, cache=small)
     val = audio.AudioDataset(val_utts[::step][:cfg.eval_max_clips], vocab, cache=True)
     print(f"data: train: {train.report}\n      valid: {val.report}\n      vocabulary: {len(vocab)} symbols")
@@ -704,16 +707,19 @@ class TimeBudget:
         self.seconds = None if hours is None else hours * 3600.0
         self.deadline = None if hours is None else time.monotonic() - (time.time() - started) + self.seconds
         # Room for what cannot be measured in advance (printing, process exit, a stray slow step).
-        self.margin = 0.0 if hours is None else min(60.0, max(2.0, 0.01 * self.seconds))
+        self.margin = 0.0 if hours is None else min(60.0, max(2.0, 0.005 * self.seconds))
         self.first_step = None        # a process's first step pays one-off warm-up costs
         self.recent_steps = deque(maxlen=20)
-        self.save_seconds = 0.0
-        self.eval_seconds = 0.0
+        self.save_seconds = 0.0       # the slowest save so far (or the first estimate)
+        self.eval_seconds = 0.0       # the slowest evaluation so far
+        self.spent = {"steps": 0.0, "evaluation": 0.0, "saving": 0.0}  # where the wall time went
+        self.first_step_at = None     # seconds from process start to the first step
 
     def left(self):
         return math.inf if self.deadline is None else self.deadline - time.monotonic()
 
     def observe_step(self, seconds):
+        self.spent["steps"] += seconds
         if self.first_step is None:
             self.first_step = seconds
         else:
@@ -730,6 +736,15 @@ class TimeBudget:
 
     def can_continue_eval(self):
         return self.left() > 1.5 * self.save_seconds + self.margin
+
+    def summary(self, elapsed):
+        """Where the part's wall time went, and how early the hand-off landed before the deadline."""
+        parts = ", ".join(f"{name} {seconds:.1f} s ({seconds / elapsed:.1%})" for name, seconds in self.spent.items())
+        line = (f"time: {elapsed:.1f} s wall; start-up until the first step {self.first_step_at or elapsed:.1f} s; "
+                f"{parts}")
+        if self.deadline is not None:
+            line += f"; hand-off written {self.left():.1f} s before the deadline"
+        return line
 
 
 def estimate_save_seconds(folder, nbytes):
@@ -918,8 +933,10 @@ def write_plots(out, history):
     top.plot(*series("val_loss"), color="tab:red", marker="o", ms=3, label="validation loss")
     top.set_ylabel("loss")
     top.legend()
-    bottom.plot(*series("learning_rate"), color="tab:green", lw=1)
-    bottom.set_yscale("log")
+    steps, rates = series("learning_rate")
+    bottom.plot(steps, rates, color="tab:green", lw=1)
+    if len(set(rates)) > 1:  # a constant rate (one logged point, say) has no range to draw on a log scale
+        bottom.set_yscale("log")
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("global step")
     for part in history["parts"][1:]:
@@ -1178,6 +1195,10 @@ def run(args, started):
     train_model = model if ranks.world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=getattr(model.config, "layerdrop", 0) > 0)
+    if cfg.compile:
+        # Only the training forward is compiled; checkpoints and evaluation use `model`, the plain
+        # module, so weights are saved under their own names (not `_orig_mod.`).
+        train_model = torch.compile(train_model)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
@@ -1229,6 +1250,7 @@ def run(args, started):
                 write_plots(args.out, history)
         outcome = from_rank0(ranks, outcome)  # also the barrier: nobody runs ahead of a save
         budget.save_seconds = max(budget.save_seconds, time.monotonic() - t0)
+        budget.spent["saving"] += time.monotonic() - t0
         if outcome[0] == "error":
             if final:
                 raise ckpt.CheckpointError(outcome[1])
@@ -1263,6 +1285,7 @@ def run(args, started):
         model.train()
         shares = gather(ranks, sums)
         budget.eval_seconds = max(budget.eval_seconds, time.monotonic() - t0)
+        budget.spent["evaluation"] += time.monotonic() - t0
         if any(share is None for share in shares):
             return None
         metrics = task.summarize({key: sum(share[key] for share in shares) for key in shares[0]})
@@ -1314,6 +1337,8 @@ def run(args, started):
 
             # -- one optimizer step over an accumulation window of micro-batches
             t0 = time.monotonic()
+            if budget.first_step_at is None:
+                budget.first_step_at = time.time() - started
             step = progress["global_step"]
             lr = learning_rate(step, cfg, steps_per_epoch)
             for group in optimizer.param_groups:
@@ -1397,6 +1422,7 @@ def run(args, started):
     elapsed = time.time() - started
     print(f"\nstopped: {stop_reason} at global step {progress['global_step']} "
           f"(epoch {progress['epoch']}/{total_epochs}) after {format_seconds(elapsed)}")
+    print(budget.summary(elapsed))
     if best["value"] is not None:
         print(f"best {best['metric']} {best['value']:.4f} at step {best['step']}: {os.path.join(args.out, ckpt.BEST_NAME)}")
     print(f"baton: {path} ({ckpt.file_size_text(nbytes)})")

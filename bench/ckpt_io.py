@@ -1,16 +1,20 @@
-"""Checkpoint save/load speed: ckpt.py against torch.save/torch.load, the safetensors library,
-and a plain sequential write/read of the same bytes. Prints figures; asserts nothing.
+"""Checkpoint save/load speed: ckpt.py against torch.save/torch.load, a Hugging Face Trainer-style
+checkpoint, the safetensors library, and a plain sequential write/read of the same bytes.
+Prints figures; asserts nothing.
 
     python bench/ckpt_io.py [--folder DIR] [--repeat 3] [--n-layer 12 --n-embd 768]
 
 The default model is GPT-2 small (124M parameters) with AdamW state (two moments per
 parameter), so a checkpoint holds ~1.5 GB. Every write is fsynced (a checkpoint that is not on
-disk is not a checkpoint). Loads are timed twice: "cold" after asking the kernel to drop the
+disk is not a checkpoint). The Trainer-style checkpoint is what transformers' Trainer writes:
+the model via save_pretrained (safetensors) plus torch.save of the optimizer, the scheduler and
+the RNG states, in a folder. Loads are timed twice: "cold" after asking the kernel to drop the
 file from the page cache (posix_fadvise DONTNEED; best effort), and "hot" straight after.
 """
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -71,7 +75,7 @@ def main():
     mb = nbytes / 1e6
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; state {mb:,.0f} MB "
           f"in {len(tensors)} tensors; folder {folder}; torch {torch.__version__}, {os.cpu_count()} CPUs")
-    paths = {k: os.path.join(folder, f"bench.{k}") for k in ("baton", "torch", "st", "plain")}
+    paths = {k: os.path.join(folder, f"bench.{k}") for k in ("baton", "torch", "st", "plain", "trainer")}
 
     def baton_save():
         ckpt.write_file(paths["baton"], state, {"task": "bench", "kind": "train", "global_step": 1})
@@ -85,6 +89,15 @@ def main():
         save_file({k: v.contiguous() for k, v in tensors.items()}, paths["st"])
         fsync_path(paths["st"])
 
+    def trainer_save():
+        folder = paths["trainer"]
+        model.save_pretrained(folder)  # the model part, as a Trainer writes it (safetensors)
+        torch.save(state["optimizer"], os.path.join(folder, "optimizer.pt"))
+        torch.save({"last_epoch": 1, "_last_lr": [1e-4]}, os.path.join(folder, "scheduler.pt"))
+        torch.save(state["rng"], os.path.join(folder, "rng_state.pth"))
+        for name in os.listdir(folder):
+            fsync_path(os.path.join(folder, name))
+
     def plain_write():
         with open(paths["plain"], "wb") as f:
             for t in tensors.values():
@@ -93,7 +106,8 @@ def main():
             os.fsync(f.fileno())
 
     saves = [("plain write of the same bytes", plain_write), ("ckpt.write_file (atomic, checksummed)", baton_save),
-             ("torch.save", torch_save), ("safetensors.save_file", safetensors_save)]
+             ("torch.save", torch_save), ("Trainer-style folder", trainer_save),
+             ("safetensors.save_file", safetensors_save)]
     results = {}
     print(f"\nsave ({args.repeat} runs each, median, fsync included)")
     for name, fn in saves:
@@ -137,10 +151,14 @@ def main():
             fn()
         c, h = timed(cold, args.repeat), timed(fn, args.repeat)
         print(f"  {name:40s} {c:6.2f} s {h:6.2f} s   ({mb / c:5.0f} / {mb / h:5.0f} MB/s)")
-    sizes = {k: os.path.getsize(v) / 1e6 for k, v in paths.items()}
-    print("\nfile sizes: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in sizes.items()))
+    def size(path):
+        if os.path.isdir(path):
+            return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+        return os.path.getsize(path)
+
+    print("\nsizes: " + ", ".join(f"{k} {size(v) / 1e6:,.0f} MB" for k, v in paths.items()))
     for path in paths.values():
-        os.remove(path)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     if args.folder is None:
         os.rmdir(folder)
 

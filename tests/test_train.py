@@ -330,3 +330,12 @@ def test_wall_clock_budget_is_used_and_respected(tmp_path, corpus):
     assert "stopped: time budget" in stdout
     assert final_state(tmp_path / "run", 1).meta["global_step"] > 0
     assert "next: python train_part.py --task lm --part 2" in stdout
+
+
+def test_compiled_training_saves_the_plain_modules_weights(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "2", "--set", "compile=true", "--set", "n_layer=1") == 0
+    saved = ckpt.load(out / "checkpoint_part1.safetensors")
+    assert not [k for k in saved.state["model"] if "_orig_mod" in k]
+    # the same weights continue without compiling (compile is not part of the model's shape)
+    assert train(out, corpus, "--max-steps", "3", "--set", "n_layer=1", "--set", "compile=false", part=2) == 0
