@@ -3,18 +3,20 @@
     python bench/asr_step.py                       # tiny, base, large at batch 1 x 10 s of audio
     python bench/asr_step.py --sizes base --batch 8 --seconds 2,4,6,8,10,4,6,8   # a padded batch
     python bench/asr_step.py --device cuda         # adds fp16 and fp16 + gradient checkpointing
+    python bench/asr_step.py --paired --steps 10   # both in one process, steps alternating: ratios
 
 One training step = forward, fp32 CTC loss, backward, AdamW update, with the feature encoder
-frozen as in fine-tuning. Each (size, mode, implementation) runs in a fresh process so its
-peak memory is its own: peak RSS on CPU, torch.cuda.max_memory_allocated on a GPU. Prints
-figures; asserts nothing.
+frozen as in fine-tuning and LayerDrop off. Each (size, mode, implementation) runs in fresh
+processes, so its peak memory is its own: peak RSS on CPU, torch.cuda.max_memory_allocated on a
+GPU. Prints figures; asserts nothing.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
-import subprocess
+import statistics
 import sys
 import time
 
@@ -24,12 +26,15 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from model.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC  # noqa: E402
+from interleave import run_interleaved  # noqa: E402  (bench/, the script's own folder)
 
 VOCAB = 64  # about the size of a Bengali character vocabulary
 
 
 def build(size, impl, checkpointing):
-    cfg = Wav2Vec2Config.preset(size, vocab_size=VOCAB)
+    # LayerDrop off: otherwise each step skips a random number of layers, differently in the two
+    # implementations (their RNG streams differ), and that count dominates the comparison.
+    cfg = dataclasses.replace(Wav2Vec2Config.preset(size, vocab_size=VOCAB), layerdrop=0.0)
     if impl == "ours":
         model = Wav2Vec2ForCTC(cfg)
         model.gradient_checkpointing = checkpointing
@@ -48,15 +53,13 @@ def build(size, impl, checkpointing):
     return model, forward
 
 
-def one(args):
-    """Measure one configuration in this process; print a JSON line."""
+def make_step(args, impl, device):
+    """One implementation's model, a fixed batch and its training step: () -> None."""
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    model, forward = build(args.sizes, args.impl, args.mode.endswith("ckpt"))
+    model, forward = build(args.sizes, impl, args.mode.endswith("ckpt"))
     model.to(device).train()
     seconds = [float(s) for s in args.seconds.split(",")]
-    seconds = (seconds * args.batch)[: args.batch]
-    samples = [int(16000 * s) for s in seconds]
+    samples = [int(16000 * s) for s in (seconds * args.batch)[: args.batch]]
     x = torch.zeros(args.batch, max(samples), device=device)
     mask = torch.zeros(args.batch, max(samples), dtype=torch.bool, device=device)
     for i, n in enumerate(samples):
@@ -78,21 +81,49 @@ def one(args):
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return step, model, sum(samples) / 16000
 
+
+def one(args):
+    """Measure one implementation in this process (its own peak memory); print a JSON line."""
+    device = torch.device(args.device)
+    step, model, audio_seconds = make_step(args, args.impl, device)
     step()  # warm-up: allocator, kernels, optimizer state
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / args.steps
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"step_s": dt, "audio_s_per_s": sum(seconds) / dt, "peak_gb": peak / 2**30, "params_m": params / 1e6}))
+    print(json.dumps({"step_s": dt, "audio_s_per_s": audio_seconds / dt, "peak_gb": peak / 2**30,
+                      "params_m": params / 1e6}))
+
+
+def paired(args):
+    """Both implementations in one process, their steps alternating (the order flipped every
+    pair): each pair runs under the same machine conditions, so the median of the per-pair ratios
+    is the steadiest comparison this noisy machine gives. No memory figures (one process)."""
+    device = torch.device(args.device)
+    steps = {impl: make_step(args, impl, device)[0] for impl in ("ours", "transformers")}
+    for step in steps.values():
+        step()  # warm-up
+    times = {impl: [] for impl in steps}
+    for i in range(args.steps):
+        for impl in (("ours", "transformers") if i % 2 == 0 else ("transformers", "ours")):
+            t0 = time.perf_counter()
+            steps[impl]()
+            times[impl].append(time.perf_counter() - t0)
+    ratios = [hf / ours for ours, hf in zip(times["ours"], times["transformers"])]
+    for impl, t in times.items():
+        print(f"{args.sizes:6s} {args.mode:10s} {impl:13s} median step {statistics.median(t):.3f} s  "
+              + " ".join(f"{x:.3f}" for x in t))
+    print(f"{'':6s} {'':10s} speed ratio ours / transformers, median of {len(ratios)} paired steps: "
+          f"{statistics.median(ratios):.2f} (range {min(ratios):.2f} to {max(ratios):.2f})")
 
 
 def main():
@@ -101,35 +132,42 @@ def main():
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seconds", default="10", help="clip lengths, cycled over the batch")
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--rounds", type=int, default=3, help="fresh processes per implementation, interleaved")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--impls", default="ours,transformers")
+    p.add_argument("--paired", action="store_true",
+                   help="both implementations in one process, steps alternating; ratios only")
     p.add_argument("--impl", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.impl:
         return one(args)
+    if args.paired:
+        for args.sizes in args.sizes.split(","):
+            for args.mode in (["fp32", "fp16"] if args.device == "cuda" else ["fp32"]):
+                paired(args)
+        return
     modes = ["fp32", "fp16", "fp16+ckpt"] if args.device == "cuda" else ["fp32"]
+    impls = args.impls.split(",")
     print(f"device {args.device}; torch {torch.__version__}; batch {args.batch} x {args.seconds} s; "
-          f"mean of {args.steps} steps after one warm-up step")
-    print(f"{'size':6s} {'mode':10s} {'impl':13s} {'params':>8s} {'step s':>8s} {'audio s/s':>10s} {'peak GB':>8s}")
+          f"mean of {args.steps} steps after one warm-up step; median of {args.rounds} rounds, "
+          f"implementations interleaved (the order reversed every other round)")
+    print(f"{'size':6s} {'mode':10s} {'impl':13s} {'params':>8s} {'step s':>8s} {'audio s/s':>10s} {'peak GB':>8s}"
+          f"  steps of each round")
     for size in args.sizes.split(","):
         for mode in modes:
-            figures = {}
-            for impl in args.impls.split(","):
-                cmd = [sys.executable, __file__, "--sizes", size, "--batch", str(args.batch), "--seconds", args.seconds,
-                       "--steps", str(args.steps), "--device", args.device, "--impl", impl, "--mode", mode]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    print(f"{size:6s} {mode:10s} {impl:13s} failed: {out.stderr.strip().splitlines()[-1]}")
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                figures[impl] = r
-                print(f"{size:6s} {mode:10s} {impl:13s} {r['params_m']:7.1f}M {r['step_s']:8.3f} "
-                      f"{r['audio_s_per_s']:10.1f} {r['peak_gb']:8.2f}")
+            figures = run_interleaved(
+                lambda impl: [sys.executable, __file__, "--sizes", size, "--batch", str(args.batch),
+                              "--seconds", args.seconds, "--steps", str(args.steps), "--device", args.device,
+                              "--impl", impl, "--mode", mode],
+                impls, args.rounds, f"{size:6s} {mode:10s}")
+            for impl, (median, r, peak_gb, steps) in figures.items():
+                print(f"{size:6s} {mode:10s} {impl:13s} {r['params_m']:7.1f}M {median:8.3f} "
+                      f"{r['audio_s_per_s'] * r['step_s'] / median:10.1f} {peak_gb:8.2f}  "
+                      + " ".join(f"{s:.3f}" for s in steps))
             if "ours" in figures and "transformers" in figures:
-                ratio = figures["transformers"]["step_s"] / figures["ours"]["step_s"]
-                print(f"{'':6s} {'':10s} {'speed ratio ours / transformers: ' + format(ratio, '.2f')}")
-
+                print(f"{'':6s} {'':10s} speed ratio ours / transformers (medians): "
+                      f"{figures['transformers'][0] / figures['ours'][0]:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -4,18 +4,17 @@
     python bench/gpt_step.py --device cuda            # adds bf16/fp16 autocast and MFU
 
 One step = forward, cross-entropy, backward, AdamW update, on the same configuration, weights and
-batch for both implementations. Each (size, precision, implementation) runs in a fresh process
-so its peak memory is its own (peak RSS on CPU, torch.cuda.max_memory_allocated on a GPU). On a
-GPU, MFU = achieved model FLOP/s over the device's peak dense bf16/fp16 FLOP/s, with 6N + 12 L T C
-FLOPs per token (N parameters without embeddings; the second term is attention). Prints
-figures; asserts nothing.
+batch for both implementations. Each (size, precision, implementation) runs in fresh processes,
+interleaved over rounds (bench/interleave.py), so its peak memory is its own (peak RSS on CPU,
+torch.cuda.max_memory_allocated on a GPU). On a GPU, MFU = achieved model FLOP/s over the
+device's peak dense bf16/fp16 FLOP/s, with 6N + 12 L T C FLOPs per token (N parameters without
+embeddings; the second term is attention). Prints figures; asserts nothing.
 """
 
 import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from model.gpt import GPT, GPTConfig  # noqa: E402
+from interleave import run_interleaved  # noqa: E402  (bench/, the script's own folder)
 
 SIZES = {  # name: (GPTConfig fields, batch, sequence length)
     "tiny": (dict(vocab_size=256, block_size=64, n_layer=4, n_head=4, n_embd=128), 16, 64),
@@ -97,6 +97,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="tiny,gpt2")
     p.add_argument("--steps", type=int, default=5, help="timed steps after two warm-up steps")
+    p.add_argument("--rounds", type=int, default=3, help="fresh processes per implementation, interleaved")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--impls", default="ours,transformers")
     p.add_argument("--impl", help=argparse.SUPPRESS)
@@ -105,28 +106,26 @@ def main():
     if args.impl:
         return one(args)
     modes = ["fp32", "bf16"] if args.device == "cuda" else ["fp32"]
+    impls = args.impls.split(",")
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else os.cpu_count()} "
-          f"{'' if args.device == 'cuda' else 'CPUs'}); torch {torch.__version__}; mean of {args.steps} steps after two warm-up steps")
+          f"{'' if args.device == 'cuda' else 'CPUs'}); torch {torch.__version__}; mean of {args.steps} steps after "
+          f"two warm-up steps; median of {args.rounds} interleaved rounds")
     print(f"{'size':5s} {'mode':5s} {'impl':13s} {'params':>8s} {'batch':>9s} {'step s':>8s} {'tokens/s':>10s} "
-          f"{'peak GB':>8s} {'MFU':>6s}")
+          f"{'peak GB':>8s} {'MFU':>6s}  steps of each round")
     for size in args.sizes.split(","):
         _, batch, seq = SIZES[size]
         for mode in modes:
-            figures = {}
-            for impl in args.impls.split(","):
-                cmd = [sys.executable, __file__, "--sizes", size, "--steps", str(args.steps), "--device", args.device,
-                       "--impl", impl, "--mode", mode]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    print(f"{size:5s} {mode:5s} {impl:13s} failed: {out.stderr.strip().splitlines()[-1]}")
-                    continue
-                r = figures[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-                mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
-                print(f"{size:5s} {mode:5s} {impl:13s} {r['params_m']:7.1f}M {f'{batch}x{seq}':>9s} {r['step_s']:8.3f} "
-                      f"{r['tokens_per_s']:10.0f} {r['peak_gb']:8.2f} {mfu:>6s}")
-            if len(figures) == 2:
-                print(f"{'':25s}speed ratio ours / transformers: {figures['transformers']['step_s'] / figures['ours']['step_s']:.2f}")
-
+            figures = run_interleaved(
+                lambda impl: [sys.executable, __file__, "--sizes", size, "--steps", str(args.steps),
+                              "--device", args.device, "--impl", impl, "--mode", mode],
+                impls, args.rounds, f"{size:5s} {mode:5s}")
+            for impl, (median, r, peak_gb, steps) in figures.items():
+                mfu = f"{r['mfu'] * r['step_s'] / median:.1%}" if r["mfu"] else "-"
+                print(f"{size:5s} {mode:5s} {impl:13s} {r['params_m']:7.1f}M {f'{batch}x{seq}':>9s} {median:8.3f} "
+                      f"{batch * seq / median:10.0f} {peak_gb:8.2f} {mfu:>6s}  " + " ".join(f"{s:.3f}" for s in steps))
+            if "ours" in figures and "transformers" in figures:
+                print(f"{'':25s}speed ratio ours / transformers (medians): "
+                      f"{figures['transformers'][0] / figures['ours'][0]:.2f}")
 
 if __name__ == "__main__":
     main()
