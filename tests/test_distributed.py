@@ -7,11 +7,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 import ckpt
-from data import text as text_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1,680 bytes -> 23 micro-batches of 4 -> 11 per rank with 2 ranks -> 6 steps per epoch (grad_accum 2)
@@ -19,13 +17,6 @@ TINY = ["--set", "n_layer=2", "--set", "n_head=2", "--set", "n_embd=32", "--set"
         "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "dropout=0.2", "--set", "attn_dropout=0.1",
         "--set", "eval_every_steps=4", "--set", "eval_batches=2", "--set", "warmup_steps=3",
         "--set", "log_every_steps=1", "--set", "save_every_steps=3"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(text_data.read_corpus()[:1680])
-    return str(path)
 
 
 def launch(out, corpus, *extra, processes=2):

@@ -1,7 +1,6 @@
 """GPT: parity with transformers' GPT2LMHeadModel, the Hugging Face layout both ways, generation."""
 
 import json
-import os
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 
 import csv
 import math
-import os
 import time
 
 import numpy as np

@@ -18,7 +18,6 @@ import torch
 import ckpt
 import infer
 import train_part
-from data import text as text_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1680 bytes -> 93 training windows of 16 -> 23 micro-batches of 4 -> 12 optimizer steps per epoch
@@ -27,13 +26,6 @@ TINY = ["--set", "n_layer=2", "--set", "n_head=2", "--set", "n_embd=32", "--set"
         "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "dropout=0.2", "--set", "attn_dropout=0.1",
         "--set", "eval_every_steps=4", "--set", "eval_batches=2", "--set", "warmup_steps=3",
         "--set", "log_every_steps=1", "--set", "save_every_steps=0"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(text_data.read_corpus()[:1680])
-    return str(path)
 
 
 def train(out, corpus, *extra, part=1):

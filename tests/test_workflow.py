@@ -14,20 +14,12 @@ import torch
 
 import ckpt
 import train_part
-from data import text as text_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 12 optimizer steps per epoch on the 1,680-byte corpus below (as in test_train.py)
 TINY = ["--set", "n_layer=2", "--set", "n_head=2", "--set", "n_embd=32", "--set", "block_size=16",
         "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "eval_every_steps=4", "--set", "eval_batches=2",
         "--set", "warmup_steps=3", "--set", "log_every_steps=1", "--set", "save_every_steps=0"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(text_data.read_corpus()[:1680])
-    return str(path)
 
 
 @pytest.fixture
