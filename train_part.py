@@ -725,6 +725,14 @@ class TimeBudget:
         else:
             self.recent_steps.append(seconds)
 
+    def observe_save(self, seconds):
+        self.spent["saving"] += seconds
+        self.save_seconds = max(self.save_seconds, seconds)
+
+    def observe_eval(self, seconds):
+        self.spent["evaluation"] += seconds
+        self.eval_seconds = max(self.eval_seconds, seconds)
+
     def step_estimate(self):
         return 1.25 * max(self.recent_steps, default=self.first_step or 0.0)
 
@@ -1249,8 +1257,7 @@ def run(args, started):
                 write_metrics(args.out, history)
                 write_plots(args.out, history)
         outcome = from_rank0(ranks, outcome)  # also the barrier: nobody runs ahead of a save
-        budget.save_seconds = max(budget.save_seconds, time.monotonic() - t0)
-        budget.spent["saving"] += time.monotonic() - t0
+        budget.observe_save(time.monotonic() - t0)
         if outcome[0] == "error":
             if final:
                 raise ckpt.CheckpointError(outcome[1])
@@ -1284,8 +1291,7 @@ def run(args, started):
             sums = task.evaluate(model, lambda: STOP["signal"] is None and budget.can_continue_eval())
         model.train()
         shares = gather(ranks, sums)
-        budget.eval_seconds = max(budget.eval_seconds, time.monotonic() - t0)
-        budget.spent["evaluation"] += time.monotonic() - t0
+        budget.observe_eval(time.monotonic() - t0)
         if any(share is None for share in shares):
             return None
         metrics = task.summarize({key: sum(share[key] for share in shares) for key in shares[0]})
