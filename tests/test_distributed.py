@@ -10,13 +10,11 @@ import time
 import torch
 
 import ckpt
+from conftest import tiny_lm_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1,680 bytes -> 23 micro-batches of 4 -> 11 per rank with 2 ranks -> 6 steps per epoch (grad_accum 2)
-TINY = ["--set", "n_layer=2", "--set", "n_head=2", "--set", "n_embd=32", "--set", "block_size=16",
-        "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "dropout=0.2", "--set", "attn_dropout=0.1",
-        "--set", "eval_every_steps=4", "--set", "eval_batches=2", "--set", "warmup_steps=3",
-        "--set", "log_every_steps=1", "--set", "save_every_steps=3"]
+TINY = tiny_lm_args(dropout=0.2, attn_dropout=0.1, save_every_steps=3)
 
 
 def launch(out, corpus, *extra, processes=2):

@@ -16,16 +16,13 @@ import pytest
 import torch
 
 import ckpt
+from conftest import tiny_lm_args
 import infer
 import train_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 1680 bytes -> 93 training windows of 16 -> 23 micro-batches of 4 -> 12 optimizer steps per epoch
-# with grad_accum 2, the last one a single micro-batch. Dropout of both kinds is on.
-TINY = ["--set", "n_layer=2", "--set", "n_head=2", "--set", "n_embd=32", "--set", "block_size=16",
-        "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "dropout=0.2", "--set", "attn_dropout=0.1",
-        "--set", "eval_every_steps=4", "--set", "eval_batches=2", "--set", "warmup_steps=3",
-        "--set", "log_every_steps=1", "--set", "save_every_steps=0"]
+# 12 optimizer steps per epoch (see tiny_lm_args); dropout of both kinds is on.
+TINY = tiny_lm_args(dropout=0.2, attn_dropout=0.1)
 
 
 def train(out, corpus, *extra, part=1):

@@ -13,13 +13,11 @@ import pytest
 import torch
 
 import ckpt
+from conftest import tiny_lm_args
 import train_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 12 optimizer steps per epoch on the 1,680-byte corpus below (as in test_train.py)
-TINY = ["--set", "n_layer=2", "--set", "n_head=2", "--set", "n_embd=32", "--set", "block_size=16",
-        "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "eval_every_steps=4", "--set", "eval_batches=2",
-        "--set", "warmup_steps=3", "--set", "log_every_steps=1", "--set", "save_every_steps=0"]
+TINY = tiny_lm_args()  # 12 optimizer steps per epoch on the `corpus` fixture
 
 
 @pytest.fixture
