@@ -5,12 +5,15 @@ optimizer, AMP scaler, RNG states, sampler position, counters, history and confi
 state is a nested dict of tensors and JSON values; tensors go into the safetensors payload,
 everything else into the header's metadata. Nothing here knows about any model or task.
 
-Guarantees (see DESIGN.md, "Checkpoint contract"):
+Guarantees (the checkpoint contract; the README's "The checkpoint format" says the same for users):
 - no pickle is ever written, and reading a file can never run code;
 - writes are atomic: temp file in the same folder, fsync, rename, fsync the folder;
 - every file carries a checksum of its header and payload, verified on load, so a truncated
   or corrupt upload is one clear error instead of a traceback or silently wrong weights;
-- discovery picks the newest valid file by the `global_step` in its header.
+- discovery picks the newest valid file by the `global_step` in its header, never by file time;
+- pruning only touches rolling files, and never leaves a folder without its newest checkpoint.
+Besides reading and writing, this module finds the checkpoint a part continues from (`find_resume`,
+`resolve_part`) and keeps the run folder within its disk (`make_room`).
 """
 
 import dataclasses
@@ -20,9 +23,11 @@ import mmap
 import os
 import random
 import re
+import shutil
 import struct
 import sys
 import threading
+import time
 
 import numpy as np
 import torch
@@ -529,6 +534,122 @@ def newest_valid(found, task=None, kind="train"):
             item.problem = str(e)
             skipped.append(item)
     return None, skipped
+
+
+def check_compatible(saved, state_dict):
+    """Refuse a checkpoint that cannot continue this run: another model shape."""
+    ours, theirs = state_dict, saved.state["model"]
+    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    wrong = [f"{k} {tuple(theirs[k].shape)} vs {tuple(ours[k].shape)}"
+             for k in sorted(set(ours) & set(theirs)) if theirs[k].shape != ours[k].shape]
+    if missing or unexpected or wrong:
+        details = "; ".join(x for x in (
+            f"missing {', '.join(missing[:4])}" if missing else "",
+            f"unexpected {', '.join(unexpected[:4])}" if unexpected else "",
+            f"shapes {', '.join(wrong[:4])}" if wrong else "") if x)
+        raise CheckpointError(f"{saved.path} holds a different model than this run's config builds ({details}); "
+                              f"a resumed run cannot change the model's shape")
+
+
+def input_roots(out):
+    """Where `--resume auto` looks: the run folder, then the read-only inputs (BATON_INPUT_ROOTS,
+    `:`-separated, default Kaggle's /kaggle/input, where a previous session's output is attached)."""
+    return [out] + [r for r in os.environ.get("BATON_INPUT_ROOTS", "/kaggle/input").split(os.pathsep) if r]
+
+
+def find_resume(resume, out, task):
+    """(checkpoint to continue from or None, everything found) by the --resume rule: "none", a path,
+    or "auto", which prints every checkpoint under the input roots and which one is used and why."""
+    if resume == "none":
+        print("--resume none: starting fresh")
+        return None, []
+    if resume != "auto":
+        return load_any(resume), []
+    roots = input_roots(out)
+    found = scan(roots)
+    saved, _ = newest_valid(found, task=task)
+    print_discovery(found, saved, roots, task)
+    return saved, found
+
+
+def print_discovery(found, saved, roots, task):
+    listed = [f for f in found if f.kind != "other"]
+    if not listed:
+        print(f"no checkpoints under {', '.join(roots)}; starting fresh")
+        return
+    print(f"checkpoints under {', '.join(roots)} (highest global step first):")
+    print(f"  {'part':>4} {'epoch':>5} {'step':>6} {'global':>7} {'size':>9}  status / path")
+    for f in sorted(listed, key=lambda f: f.global_step, reverse=True):
+        if saved is not None and f.path == saved.path:
+            status = "USING: the highest global step that verifies"
+        elif f.problem:
+            status = f"broken, skipped: {f.problem}"
+        elif f.kind == "legacy":
+            status = "legacy .pt/.pth: not read automatically; import with --resume PATH"
+        elif f.task != task:
+            status = f"task {f.task}, not {task}"
+        elif f.kind == "weights":
+            status = "weights only (best model): not a training state"
+        elif saved is not None and f.global_step > saved.meta["global_step"]:
+            status = "broken, skipped"
+        else:
+            status = "ok (header read; older)"
+        cells = [f.part, f.epoch, f.step_in_epoch, f.global_step if f.global_step >= 0 else None]
+        print("  " + " ".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(cells, (4, 5, 6, 7)))
+              + f" {file_size_text(f.size):>9}  {status}\n{'':36s}{f.path}")
+    if saved is None:
+        print(f"no valid checkpoint of task {task!r} among them; starting fresh")
+
+
+def resolve_part(part, resume, task, saved, found):
+    """The part number: "auto" = one more than the resumed checkpoint's part. Part N continues from
+    part N-1, so with --resume auto a checkpoint of part N-1 or later must be in reach."""
+    if part == "auto":
+        part = (saved.meta.get("part") or 0) + 1 if saved is not None and saved.meta.get("kind") == "train" else 1
+        print(f"--part auto: this is part {part}")
+        return part
+    previous = part - 1
+    if resume == "auto" and previous >= 1 and (saved is None or (saved.meta.get("part") or 0) < previous):
+        usable = [f for f in found if f.kind == "train" and f.task == task and not f.problem]
+        have = "; ".join(f"part {f.part} at global step {f.global_step} in {f.path}" for f in usable[:5]) or "nothing usable"
+        raise CheckpointError(
+            f"part {part} continues from part {previous}, but no checkpoint of part {previous} or later is in "
+            f"reach (found: {have}); attach checkpoint_part{previous}.safetensors (on Kaggle: Add Data, then the "
+            f"previous session's output), or use --part auto to continue from what was found, or --resume none to "
+            f"start over")
+    return part
+
+
+def state_bytes(state):
+    """Payload bytes of a state (tied tensors once), as write_file would store it."""
+    return sum(t.numel() * t.element_size() for t in flatten_state(state)[0].values())
+
+
+def make_room(folder, need, keep_last):
+    """Make sure `need` bytes fit in `folder` with room to spare, pruning old rolling checkpoints early
+    if that helps; the newest checkpoint is never removed before a new one exists. Raises a
+    CheckpointError that says why, with every existing checkpoint kept, when they still do not fit."""
+    spare = int(need * 1.05) + (32 << 20)
+    if shutil.disk_usage(folder).free >= spare:
+        return
+    removed = prune(folder, max(keep_last - 1, 1))
+    if removed:
+        print(f"low disk space: pruned {', '.join(removed)} before saving")
+    free = shutil.disk_usage(folder).free
+    if free < spare:
+        raise CheckpointError(f"not enough disk space in {folder} for a {file_size_text(need)} checkpoint "
+                              f"({file_size_text(free)} free after pruning); every existing checkpoint was kept")
+
+
+def estimate_write_seconds(folder, nbytes):
+    """Seconds to write a checkpoint of `nbytes`, from one real write of up to 64 MB in `folder`."""
+    probe = min(nbytes, 64 << 20)
+    path = os.path.join(folder, ".write_probe.safetensors")
+    t0 = time.monotonic()
+    write_file(path, {"probe": torch.zeros(probe // 4, dtype=torch.float32)}, {"kind": "probe"})
+    seconds = time.monotonic() - t0
+    os.remove(path)
+    return seconds * nbytes / max(probe, 1) + 0.05
 
 
 def rolling_name(epoch, step_in_epoch, global_step):

@@ -19,13 +19,11 @@ import numpy as np
 import torch
 
 import ckpt
+import model as models
 from data import DataError
 from data import audio
 from data import table as table_data
 from data import text as text_data
-from model.gpt import GPT, GPTConfig
-from model.regression import Regressor, RegressorConfig
-from model.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC
 
 
 class InferError(Exception):
@@ -60,14 +58,7 @@ def load_model(path, task, device):
     if saved.meta.get("task") != task:
         raise InferError(f"{saved.path} is a checkpoint of task {saved.meta.get('task')!r}, not {task!r}; "
                          f"pass --task {saved.meta.get('task')}")
-    if task == "lm":
-        model = GPT(GPTConfig(**saved.meta["model_config"]))
-    elif task == "asr":
-        model = Wav2Vec2ForCTC(Wav2Vec2Config(**saved.meta["model_config"]))
-    elif task == "reg":
-        model = Regressor(RegressorConfig(**saved.meta["model_config"]))
-    else:
-        raise InferError(f"unknown task {task!r}")
+    model = models.rebuild(task, saved.meta["model_config"])
     model.load_state_dict(saved.state["model"])
     print(f"loaded {saved.path} (task {task}, global step {saved.meta.get('global_step')})", file=sys.stderr)
     return model.to(device).eval(), saved.meta
@@ -104,9 +95,7 @@ def infer_asr(args, device):
             if not batch["ids"]:
                 continue
             logits, frames = model(batch["input_values"].to(device), batch["attention_mask"].to(device))
-            best_ids = logits.argmax(dim=-1).cpu()  # (B, T) greedy decoding
-            for row, clip_id in enumerate(batch["ids"]):
-                predicted[clip_id] = vocab.decode_ctc(best_ids[row, : int(frames[row])].tolist())
+            predicted.update(zip(batch["ids"], vocab.decode_greedy(logits, frames)))
     missing = [u.id for u in utterances if u.id not in predicted]
     if missing:
         print(f"warning: {len(missing)} clips could not be read and get an empty sentence "
@@ -140,20 +129,13 @@ def infer_reg(args, device):
         print(f"warning: {bad} rows have a missing or non-numeric feature; the training mean is used there",
               file=sys.stderr)
     tokenizer = text_data.tokenizer_from_dict(info["tokenizer"]) if info["tokenizer"] else None
-    if tokenizer:
-        tokens, lengths = table_data.tokenize_rows(table.texts, tokenizer, info["block_size"])
-    numeric = torch.from_numpy(table_data.Standardizer.from_dict(info["standardizer"])(table.numeric)) \
-        if info["standardizer"] else None
-    lo, hi = info["target_range"]
+    standardize = table_data.Standardizer.from_dict(info["standardizer"]) if info["standardizer"] else None
+    rows = table_data.RegRows(table, tokenizer, info["block_size"], standardize)  # as in training
     predictions = []
     with torch.no_grad():
         for start in range(0, len(table.ids), args.batch_size):
-            rows = slice(start, start + args.batch_size)
-            width = int(lengths[rows].max()) if tokenizer else 1
-            out = model(tokens[rows, :width].to(device) if tokenizer else None,
-                        lengths[rows].to(device) if tokenizer else None,
-                        numeric[rows].to(device) if numeric is not None else None)
-            predictions.append(table_data.decode_target(out, lo, hi).cpu())
+            out = model(**rows.batch(range(start, min(start + args.batch_size, len(table.ids))), device))  # (B,)
+            predictions.append(table_data.decode_target(out, *info["target_range"]).cpu())
     predicted = torch.cat(predictions).numpy()
     out_path = args.out or "predictions.csv"
     with open(out_path, "w", newline="", encoding="utf-8") as f:

@@ -23,8 +23,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import ckpt  # noqa: E402
-import train_part  # noqa: E402
+import torch  # noqa: E402
 from data import audio  # noqa: E402
+from data.config import apply_settings  # noqa: E402
 
 
 def make_manifest(folder, copies):
@@ -53,12 +54,12 @@ def main():
                    check=True, capture_output=True)
     base = ckpt.load(os.path.join(out, "checkpoint_part1.safetensors"))
     per_epoch = base.state["sampler"]["batches_per_epoch"]
-    print(f"epoch: {per_epoch} micro-batches of 8 clips; torch {train_part.torch.__version__}, {os.cpu_count()} CPUs")
+    print(f"epoch: {per_epoch} micro-batches of 8 clips; torch {torch.__version__}, {os.cpu_count()} CPUs")
 
     # The alternative's cost: decode and discard the batches before the position, same data path.
-    cfg = train_part.apply_settings(train_part.ASRConfig(), [f"data={manifest}"])
-    task = train_part.build_asr(cfg, train_part.torch.device("cpu"), train_part.Ranks())
-    batches = task.sampler.batches(0)
+    cfg = apply_settings(audio.ASRConfig(), [f"data={manifest}"])
+    _, data = audio.build_asr(cfg, torch.device("cpu"))
+    batches = data.sampler.batches(0)
 
     print(f"{'position':>9s} {'batch':>6s} {'Baton: start to first step':>27s} {'discarding batches first':>25s}")
     for share in (0.0, 0.25, 0.5, 0.75, 0.99):
@@ -73,7 +74,7 @@ def main():
                              capture_output=True, text=True)
         startup = float(re.search(r"start-up until the first step ([\d.]+) s", run.stdout).group(1))
         t0 = time.perf_counter()
-        stream = task.iterate(batches[:position], 0)
+        stream = data.batches(batches[:position], 0)
         for _ in stream:  # what a loader without a position would have to do
             pass
         skipping = time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""Speech data for the `asr` task: manifests, 16 kHz audio, transcripts, the CTC vocabulary, batches, metrics.
+"""Speech data for the `asr` task: manifests, 16 kHz audio, transcripts, the CTC vocabulary, batches,
+metrics, and the task itself (its config `ASRConfig`, its data `ASRData`, and `build_asr`).
 
 A manifest is a list of `Utterance`s (id, audio path, sentence, split) read from a CSV or a folder.
 `AudioDataset` checks it once up front, drops what cannot be used and says how much in one line,
@@ -12,8 +13,10 @@ depends only on the sampler's order.
 """
 
 import csv
+import dataclasses
 import os
 import stat
+import typing
 import unicodedata
 from dataclasses import dataclass
 
@@ -21,8 +24,14 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+import xxhash
+from tqdm import tqdm
 
-from data import DataError
+import model as models
+from data import DataError, held_out
+from data.config import ConfigError, TrainConfig
+from data.sampler import EpochSampler
+from model.wav2vec2 import Wav2Vec2Config
 
 SAMPLE_RATE = 16_000  # what every wav2vec2 checkpoint was trained on
 SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
@@ -270,6 +279,11 @@ class CharVocab:
             previous = i
         return self._join(kept)
 
+    def decode_greedy(self, logits, frames):
+        """Best path decoding of a batch: logits (B, T, V), frames (B,) real frames -> B strings."""
+        best_ids = logits.argmax(dim=-1).cpu()  # (B, T)
+        return [self.decode_ctc(best_ids[row, : int(frames[row])].tolist()) for row in range(len(best_ids))]
+
     def _join(self, ids):
         text = "".join(" " if self.id_to_token.get(i) == DELIM else self.id_to_token.get(i, "") for i in ids)
         return " ".join(text.split())
@@ -436,6 +450,154 @@ def collate(items):
             labels[b, : len(it["labels"])] = it["labels"]
         batch["labels"], batch["label_lengths"] = labels, label_lengths
     return batch
+
+
+class ASRData:
+    """The asr task's data: a manifest split into training clips (decoded by DataLoader workers, or
+    kept decoded in memory when the set is small) and a fixed validation subset of at most
+    `eval_max_clips`; the validation CTC loss with greedy WER and CER.
+
+    The split is the manifest's `split` column, or a hash of each id (`val_fraction`). The
+    vocabulary is the checkpoint's when resuming (label ids keep their meaning), else built from
+    the training transcripts."""
+
+    best_metric = "wer"  # picks best_model.safetensors (lower is better)
+
+    def __init__(self, utterances, cfg, device, rank=0, world=1, vocab=None):
+        if any(u.split for u in utterances):
+            train_utts = [u for u in utterances if u.split in (None, "", "train")]
+            val_utts = [u for u in utterances if u.split in ("valid", "validation", "val", "dev")]
+        else:
+            held = held_out([u.id for u in utterances], cfg.val_fraction)
+            train_utts = [u for u, h in zip(utterances, held) if not h]
+            val_utts = [u for u, h in zip(utterances, held) if h]
+        if not train_utts or not val_utts:
+            raise DataError(f"{cfg.data or 'the embedded sample'} gives {len(train_utts)} training and "
+                            f"{len(val_utts)} validation clips; both are needed")
+        self.vocab = vocab or CharVocab.build(normalize_text(u.sentence) for u in train_utts)
+        step = max(1, len(val_utts) // cfg.eval_max_clips)
+        # Decode once and keep in memory only when that is cheap: 2,000 clips of a few seconds are
+        # ~0.5 GB; a large set is decoded by the loader as it goes (Bengali.AI has ~960,000 clips).
+        small = len(utterances) <= 2_000
+        self.train = AudioDataset(train_utts, self.vocab, max_seconds=cfg.max_seconds, cache=small)
+        self.val = AudioDataset(val_utts[::step][:cfg.eval_max_clips], self.vocab, cache=True)
+        self.device, self.batch_size, self.num_workers = device, cfg.batch_size, cfg.num_workers
+        # This rank's share of the validation clips, in batches of similar length (they pad less).
+        self.val_by_length = sorted(range(len(self.val)), key=lambda i: self.val.lengths[i])[rank::world]
+        self.references = [normalize_text(item.sentence) for item in self.val.items]
+        self.fingerprint = xxhash.xxh3_64("\n".join(f"{u.id}\t{u.sentence}" for u in self.train.items).encode()).hexdigest()
+        self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True, lengths=self.train.lengths,
+                                    rank=rank, world_size=world)
+        self.meta = {"vocab": self.vocab.to_dict()}
+
+    def __len__(self):
+        return len(self.train)
+
+    def batches(self, index_batches, epoch):
+        # The loader gets its own generator: creating an iterator otherwise draws a seed from the
+        # global torch RNG, and a resumed run creates one more iterator than an uninterrupted one.
+        loader = torch.utils.data.DataLoader(self.train, batch_sampler=index_batches, num_workers=self.num_workers,
+                                             collate_fn=collate, pin_memory=self.device.type == "cuda",
+                                             generator=torch.Generator())
+        for batch in loader:
+            inputs = {k: batch[k].to(self.device, non_blocking=True) if batch[k] is not None else None
+                      for k in ("input_values", "attention_mask", "labels", "label_lengths")}
+            count = int(batch["label_lengths"].sum()) if batch["label_lengths"] is not None else 0
+            yield inputs, count  # count 0: every clip of this micro-batch was unreadable
+
+    @torch.no_grad()
+    def evaluate(self, model, keep_going):
+        hypotheses, total, labels = {}, 0.0, 0
+        for start in range(0, len(self.val_by_length), self.batch_size):
+            if not keep_going():
+                return None
+            rows = self.val_by_length[start:start + self.batch_size]
+            batch = collate([self.val[i] for i in rows])
+            (logits, frames), loss_sum = model(batch["input_values"].to(self.device),
+                                               batch["attention_mask"].to(self.device),
+                                               batch["labels"].to(self.device), batch["label_lengths"].to(self.device))
+            total += loss_sum.item()
+            labels += int(batch["label_lengths"].sum())
+            hypotheses.update(zip(rows, self.vocab.decode_greedy(logits, frames)))
+        for i in sorted(hypotheses)[:2]:
+            tqdm.write(f"  ref: {self.references[i]}\n  hyp: {hypotheses[i]}")
+        refs, hyps = [self.references[i] for i in hypotheses], list(hypotheses.values())
+        word_errors, words = error_counts(refs, hyps, words=True)
+        char_errors, chars = error_counts(refs, hyps, words=False)
+        return {"loss": total, "labels": labels, "word_errors": word_errors, "words": words,
+                "char_errors": char_errors, "chars": chars}
+
+    @staticmethod
+    def summarize(sums):
+        return {"val_loss": sums["loss"] / max(sums["labels"], 1),
+                "wer": error_rate(sums["word_errors"], sums["words"]),
+                "cer": error_rate(sums["char_errors"], sums["chars"])}
+
+
+@dataclasses.dataclass
+class ASRConfig(TrainConfig):
+    """The asr task: a wav2vec2 encoder + CTC head on speech, scored by WER and CER.
+
+    `--set preset=NAME` first sets the fields in PRESETS[NAME] (the other --set values win), and
+    picks the architecture when no `pretrained` folder is given.
+    """
+    PRESETS: typing.ClassVar[dict] = {
+        # learns from scratch on a CPU: the defaults below
+        "tiny": dict(epochs=40, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=150, freeze_feature_encoder=False,
+                     grad_checkpointing=False, num_workers=0, mask_time_prob=0.05, layerdrop=0.0),
+        # wav2vec2-base fine-tuning on one GPU
+        "base": dict(epochs=30, batch_size=8, grad_accum=2, lr=1e-4, warmup_steps=500, freeze_feature_encoder=True,
+                     grad_checkpointing=False, num_workers=2, mask_time_prob=0.05, layerdrop=0.05),
+        # wav2vec2-large-xlsr-53 on a 16 GB P100/T4 as in the seeds: batch 1 x accumulation 8,
+        # gradient checkpointing, fp16 (the default on those GPUs), frozen feature encoder, 70
+        # epochs then 7 at 5e-6. A full checkpoint is ~3.8 GB (weights + AdamW moments), so one
+        # rolling file is kept: Kaggle saves at most 20 GB of output.
+        "xlsr53": dict(epochs=70, phase2_epochs=7, phase2_lr=5e-6, batch_size=1, grad_accum=8, lr=1e-4,
+                       warmup_steps=500, freeze_feature_encoder=True, grad_checkpointing=True, num_workers=2,
+                       mask_time_prob=0.05, layerdrop=0.1, keep_last=1, save_every_minutes=60, save_every_steps=0),
+    }
+    preset: str = "tiny"            # architecture + training defaults: tiny (CPU), base, xlsr53
+    pretrained: str = ""            # a Hugging Face wav2vec2 folder (config.json + model.safetensors) to fine-tune
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int = 150
+    eval_every_steps: int = 100
+    save_every_steps: int = 200
+    max_seconds: float = 15.0       # longer training clips are dropped (and counted)
+    val_fraction: float = 0.1       # held out by id when the manifest has no split column
+    eval_max_clips: int = 200       # validation clips per evaluation (evenly spread)
+    freeze_feature_encoder: bool = False  # keep the pretrained conv stack fixed (saves memory, standard for fine-tuning)
+    num_workers: int = 0            # audio decoding processes (0 = in the training process)
+    mask_time_prob: float = 0.05    # SpecAugment: share of frames masked in training
+    mask_feature_prob: float = 0.0  # SpecAugment: share of channels masked in training
+    layerdrop: float = 0.0          # probability of skipping a whole transformer layer in training
+    hidden_dropout: float = 0.1     # dropout in the transformer (attention output, feed-forward)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preset not in self.PRESETS:
+            raise ConfigError(f"unknown asr preset {self.preset!r}; choose one of {', '.join(self.PRESETS)}")
+        if self.max_seconds <= 0 or self.eval_max_clips < 1 or self.num_workers < 0:
+            raise ConfigError("max_seconds and eval_max_clips must be positive, num_workers 0 or more")
+
+
+def build_asr(cfg, device, rank=0, world=1, saved=None):
+    """(model, data) of the asr task; `saved` is the checkpoint a run resumes from, or None."""
+    # On resume, the checkpoint's vocabulary, so label ids keep their meaning.
+    vocab = CharVocab.from_dict(saved.meta["task_meta"]["vocab"]) if saved else None
+    data = ASRData(read_manifest(cfg.data), cfg, device, rank, world, vocab=vocab)
+    print(f"data: train: {data.train.report}\n      valid: {data.val.report}\n      vocabulary: {len(data.vocab)} symbols")
+    if len(data.train) == 0 or len(data.val) == 0:
+        raise DataError("no usable clips left after dropping the bad ones (see the counts above)")
+    arch = {"tiny": "tiny", "base": "base", "xlsr53": "large"}[cfg.preset]
+    model = models.pretrained_or_fresh("asr", cfg.pretrained, saved, Wav2Vec2Config.preset(arch, vocab_size=len(data.vocab)),
+                                       {"vocab_size": len(data.vocab)}, mask_time_prob=cfg.mask_time_prob,
+                                       mask_feature_prob=cfg.mask_feature_prob, layerdrop=cfg.layerdrop,
+                                       hidden_dropout=cfg.hidden_dropout)
+    if cfg.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    return model, data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,9 +139,15 @@ class GPT(nn.Module):
                 x = block(x)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx):
-        """Token ids (B, T) -> next-token logits (B, T, V)."""
-        return self.lm_head(self.hidden_states(idx))
+    def forward(self, idx, targets=None):
+        """Token ids (B, T) -> next-token logits (B, T, V); with targets (B, T), also the cross-entropy
+        summed over the B * T tokens. Summed, not averaged: the training loop divides by the tokens of
+        its whole accumulation window, so every token weighs the same (as in nanoGPT's model(X, Y))."""
+        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
+        if targets is None:
+            return logits
+        # fp32 log-softmax: under autocast the logits may be fp16/bf16, whose sums lose precision.
+        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):

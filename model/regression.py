@@ -2,8 +2,8 @@
 
 The text backbone is model/gpt.py's GPT under the name `backbone`, so its weights can come from a
 Baton lm checkpoint or from Hugging Face GPT-2 (`backbone.transformer.h.0...`). The model returns
-one unconstrained number per row; the training code decides what it means (log1p of the target
-by default) and turns it into a positive prediction.
+one unconstrained number per row, the log1p of the target (`data/table.py` encodes and decodes it);
+given the encoded targets it also returns the training loss of `RegressorConfig.loss`.
 
 Shapes: B rows, T tokens, C backbone width, F numeric columns, H head width.
 """
@@ -23,12 +23,15 @@ class RegressorConfig:
     hidden: int = 128        # width of the numeric MLP and of the head
     dropout: float = 0.1     # before the head's layers
     pooling: str = "mean"    # "mean" over the real tokens, or the "last" real token (a causal model's summary)
+    loss: str = "l1"         # on log1p(target): "l1" or "mse"; or "smape" (a smooth SMAPE on the targets)
 
     def __post_init__(self):
         if not self.text and not self.n_numeric:
             raise ValueError("a regressor needs text, numeric columns, or both")
         if self.pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last' (got {self.pooling!r})")
+        if self.loss not in ("l1", "mse", "smape"):
+            raise ValueError(f"loss must be 'l1', 'mse' or 'smape' (got {self.loss!r})")
 
 
 class Regressor(nn.Module):
@@ -43,8 +46,19 @@ class Regressor(nn.Module):
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, cfg.hidden), nn.GELU(),
                                   nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1))
 
-    def forward(self, tokens=None, lengths=None, numeric=None):
-        """tokens (B, T) right-padded, lengths (B,) real tokens per row, numeric (B, F) -> (B,)."""
+    @property
+    def gradient_checkpointing(self):
+        """Recompute the text backbone's blocks in backward (training only) to save activation memory."""
+        return self.backbone is not None and self.backbone.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on):
+        if self.backbone is not None:
+            self.backbone.gradient_checkpointing = bool(on)
+
+    def forward(self, tokens=None, lengths=None, numeric=None, targets=None):
+        """tokens (B, T) right-padded, lengths (B,) real tokens per row, numeric (B, F) -> (B,) log1p of
+        the predicted target; with targets (B,) (log1p of the true ones), also the loss summed over the rows."""
         features = []
         if self.backbone is not None:
             h = self.backbone.hidden_states(tokens)  # (B, T, C); causal, so right padding never leaks left
@@ -56,4 +70,13 @@ class Regressor(nn.Module):
             features.append(pooled)
         if self.numeric is not None:
             features.append(self.numeric(numeric))  # (B, H)
-        return self.head(torch.cat(features, dim=-1)).squeeze(-1)  # (B,)
+        out = self.head(torch.cat(features, dim=-1)).squeeze(-1)  # (B,)
+        return out if targets is None else (out, self.loss_sum(out.float(), targets))
+
+    def loss_sum(self, out, targets):
+        if self.config.loss == "l1":  # |error| in log space = relative error, the quantity SMAPE scores
+            return (out - targets).abs().sum()
+        if self.config.loss == "mse":
+            return (out - targets).pow(2).sum()
+        predicted, actual = torch.expm1(out.clamp(max=30.0)), torch.expm1(targets)  # smooth SMAPE
+        return (2 * (predicted - actual).abs() / (predicted.abs() + actual.abs() + 1e-6)).sum()

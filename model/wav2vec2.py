@@ -404,6 +404,20 @@ class Wav2Vec2Model(nn.Module):
         return x
 
 
+def ctc_loss_sum(logits, frames, labels, label_lengths):
+    """CTC loss of logits (B, T, V) with frames (B,) real frames per row, against labels (B, L) padded
+    with label_lengths (B,), summed over the batch (the training loop divides by the labels of its
+    whole accumulation window: with variable-length targets, every label then weighs the same).
+
+    In fp32: the log-probabilities of long alignments underflow in fp16. Blank is id 0 (`<pad>`, as
+    in transformers). zero_infinity: a transcript longer than its audio has no alignment, and its
+    infinite loss would turn every weight into NaN. cuDNN's CTC kernel is non-deterministic and
+    restricted (labels <= 256, lengths on the CPU), so it is switched off."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+    with torch.backends.cudnn.flags(enabled=False):
+        return F.ctc_loss(log_probs, labels, frames, label_lengths, blank=0, reduction="sum", zero_infinity=True)
+
+
 class Wav2Vec2ForCTC(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -450,11 +464,15 @@ class Wav2Vec2ForCTC(nn.Module):
         """Audio samples (int or (B,)) -> CTC frames (the conv length formula, see the config)."""
         return self.config.feature_lengths(input_lengths)
 
-    def forward(self, input_values, attention_mask=None):
+    def forward(self, input_values, attention_mask=None, labels=None, label_lengths=None):
         """Audio (B, S) float, attention_mask (B, S) 1 = real sample (right padding) or None
-        -> logits (B, T, V), frame lengths (B,) long (the CTC input lengths)."""
+        -> logits (B, T, V), frame lengths (B,) long (the CTC input lengths). With labels (B, L)
+        padded and label_lengths (B,), returns ((logits, frames), CTC loss summed over the batch)."""
         x, lengths = self.wav2vec2(input_values, attention_mask)  # (B, T, C), (B,)
-        return self.lm_head(self.dropout(x)), lengths
+        logits = self.lm_head(self.dropout(x))  # (B, T, V)
+        if labels is None:
+            return logits, lengths
+        return (logits, lengths), ctc_loss_sum(logits, lengths, labels, label_lengths)
 
     # ------------------------------------------------------------------ Hugging Face layout
 

@@ -34,9 +34,10 @@ def assert_same_state(a, b):
     assert ta.keys() == tb.keys()
     for name in ta:
         assert ta[name].dtype == tb[name].dtype and torch.equal(ta[name], tb[name]), name
-    for key in ("task", "kind", "part", "epoch", "step_in_epoch", "global_step", "model_config", "task_meta",
-                "data_fingerprint"):
+    for key in ("task", "kind", "part", "epoch", "step_in_epoch", "global_step", "task_meta", "data_fingerprint"):
         assert a.meta.get(key) == b.meta.get(key), key
+    # A model config may gain fields with defaults (reg's `loss`), never lose or change one.
+    assert {k: a.meta["model_config"].get(k) for k in b.meta["model_config"]} == b.meta["model_config"]
 
 
 @pytest.mark.parametrize("task", ["lm", "reg"])

@@ -91,7 +91,7 @@ def test_metrics_json_grows_across_parts(tmp_path, corpus):
 
 
 def test_learning_rate_plan():
-    cfg = train_part.LMConfig(epochs=2, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, phase2_epochs=1, phase2_lr=5e-6)
+    cfg = train_part.CONFIGS["lm"](epochs=2, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, phase2_epochs=1, phase2_lr=5e-6)
     lr = [train_part.learning_rate(s, cfg, steps_per_epoch=50) for s in range(150)]
     assert lr[0] == pytest.approx(1e-4) and lr[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lr[9:100], lr[10:100]))  # cosine only goes down

@@ -103,7 +103,7 @@ def test_a_save_that_does_not_fit_keeps_every_checkpoint_and_says_why(tmp_path, 
     assert train(out, corpus, "--max-steps", "4", "--set", "save_every_steps=2") == 0
     before = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith(".safetensors")}
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(train_part.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
     capsys.readouterr()
     assert train(out, corpus, "--max-steps", "8", "--set", "save_every_steps=2", part=2) == 2
     printed = capsys.readouterr()

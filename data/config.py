@@ -1,0 +1,90 @@
+"""Settings: the fields every task has (`TrainConfig`), and how `--set key=value` changes them.
+
+Each task's config extends TrainConfig beside its data: `text.LMConfig`, `audio.ASRConfig`,
+`table.RegConfig`. A config is printed when a part starts and stored in every checkpoint; a resumed
+part starts from the checkpoint's config, with the command line's `--set` applied on top.
+"""
+
+import dataclasses
+import typing
+
+
+class ConfigError(Exception):
+    """A bad command line or setting; the message is one sentence that says what to do."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Fields every task has: the plan of the whole run (all parts) and how it is saved."""
+    data: str = ""                  # training data path; "" = the embedded sample
+    seed: int = 1337                # seeds model init, data order and dropout
+    epochs: int = 10                # passes over the training data in phase 1 (the main phase)
+    batch_size: int = 16            # samples per micro-batch
+    grad_accum: int = 1             # micro-batches per optimizer step
+    lr: float = 1e-3                # peak learning rate of phase 1
+    min_lr_ratio: float = 0.1       # phase 1 decays (cosine) to lr * min_lr_ratio
+    warmup_steps: int = 100         # linear warm-up, in optimizer steps
+    weight_decay: float = 0.1       # AdamW decay on matrices (not on biases, norms)
+    beta2: float = 0.99             # AdamW second-moment decay
+    grad_clip: float = 1.0          # max global gradient norm; 0 = off
+    phase2_epochs: int = 0          # extra epochs after phase 1 at a fixed low LR (0 = none)
+    phase2_lr: float = 5e-6         # the phase-2 learning rate
+    part_epochs: int = 0            # stop a part after this many epochs (the seeds' 18 a part); 0 = budget only
+    eval_every_steps: int = 250     # validation every N optimizer steps; 0 = at each epoch end
+    log_every_steps: int = 10       # training loss / LR into metrics.json every N steps
+    save_every_steps: int = 500     # rolling checkpoint every N steps; 0 = off
+    save_every_minutes: float = 30  # ... and at least every N minutes; 0 = off
+    keep_last: int = 3              # rolling checkpoints kept (hand-offs and best are never pruned)
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    compile: bool = False           # torch.compile the training forward (slow to start; faster steps on GPUs)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "grad_accum", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("warmup_steps", "eval_every_steps", "save_every_steps", "keep_last", "phase2_epochs", "part_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more (got {getattr(self, name)})")
+        if not self.lr > 0 or not self.phase2_lr > 0:
+            raise ConfigError("lr and phase2_lr must be positive")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("min_lr_ratio must be between 0 and 1")
+
+
+def apply_settings(cfg, settings):
+    """Return cfg with `key=value` strings applied; an unknown key lists the valid ones."""
+    valid = [f.name for f in dataclasses.fields(cfg)]
+    changes = {}
+    presets = getattr(type(cfg), "PRESETS", {})
+    for item in settings:  # a preset goes first, so explicit settings override its values
+        key, _, name = item.partition("=")
+        if key.strip() == "preset" and name.strip() in presets:
+            changes.update(presets[name.strip()])
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        if key not in valid:
+            raise ConfigError(f"unknown setting {key!r} for this task; valid settings: {', '.join(valid)}")
+        changes[key] = parse_setting(type(cfg), key, raw.strip())
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_setting(cls, key, raw):
+    """Convert the text of `--set key=value` to the type of the config field."""
+    kind = typing.get_type_hints(cls)[key]
+    try:
+        if kind is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError
+            return raw.lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"--set {key}={raw}: expected {kind.__name__}") from None
+
+
+def print_config(cfg):
+    print(f"config ({type(cfg).__name__}):")
+    for f in dataclasses.fields(cfg):
+        print(f"  {f.name:20s} {getattr(cfg, f.name)!r}")
