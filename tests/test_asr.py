@@ -15,6 +15,7 @@ import ckpt
 import infer
 import train_part
 from data import audio
+from data.config import apply_settings
 
 TINY = ["--set", "batch_size=4", "--set", "grad_accum=2", "--set", "eval_every_steps=3", "--set", "warmup_steps=2",
         "--set", "log_every_steps=1", "--set", "save_every_steps=0", "--set", "mask_time_prob=0.3",
@@ -117,3 +118,25 @@ def test_bad_inputs_give_one_clear_message(tmp_path, clips, capsys):
     assert infer.main(["--task", "asr", "--ckpt", str(lm)]) == 2
     assert "task 'lm', not 'asr'" in capsys.readouterr().err
     assert infer.main(["--task", "asr", "--ckpt", str(lm), "--data", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_micro_batch_whose_clips_all_went_bad_is_skipped(tmp_path, clips, monkeypatch):
+    # A clip can pass the up-front check and fail to decode later (a large manifest only reads
+    # headers); when every clip of a micro-batch fails, the step trains on the rest of its window.
+    cfg = apply_settings(audio.ASRConfig(), [f"data={clips}", *TINY[1::2]])
+    _, data = audio.build_asr(cfg, torch.device("cpu"))
+    first_batch = data.sampler.batches(0)[0]
+    bad_ids = {data.train.items[i].id for i in first_batch}
+    real = audio.AudioDataset.__getitem__
+
+    def decoding_fails(self, i):
+        item = real(self, i)
+        return {**item, "audio": None, "labels": None, "bad": "unreadable"} if item["id"] in bad_ids else item
+
+    monkeypatch.setattr(audio.AudioDataset, "__getitem__", decoding_fails)
+    counts = [count for _, count in data.batches(data.sampler.batches(0)[:2], epoch=0)]
+    assert counts[0] == 0 and counts[1] > 0
+    assert train(tmp_path / "run", clips, "--max-steps", "2") == 0
+    saved = ckpt.load(tmp_path / "run" / "checkpoint_part1.safetensors")
+    assert saved.meta["global_step"] == 2
+    assert all(torch.isfinite(t).all() for t in saved.state["model"].values())
