@@ -2,10 +2,12 @@
 trains on, the resumable sampler, embedded samples.
 
 Each task's data object (`text.LMData`, `audio.ASRData`, `table.RegData`) offers the same few
-things to train_part.py: `len()` training items for the sampler, `batches(index_batches, epoch)`
-yielding `(inputs, count)` where `model(**inputs)` returns `(output, loss summed over count units)`,
-`evaluate(model, keep_going)` giving additive sums over this rank's share of the validation set,
-`summarize(sums)` turning the sums of all ranks into metrics, and a `fingerprint` of the data."""
+things to train_part.py: a `sampler` (this rank's micro-batches of training indices, per epoch),
+`batches(index_batches, epoch)` yielding `(inputs, count)` where `model(**inputs)` returns
+`(output, loss summed over count units)`, `evaluate(model, keep_going)` giving additive sums over
+this rank's share of the validation set, `summarize(sums)` turning the sums of all ranks into
+metrics, `best_metric` (lower is better), `meta` (what inference needs besides the weights), and a
+`fingerprint` of the training data."""
 
 import numpy as np
 import xxhash

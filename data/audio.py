@@ -490,9 +490,6 @@ class ASRData:
                                     rank=rank, world_size=world)
         self.meta = {"vocab": self.vocab.to_dict()}
 
-    def __len__(self):
-        return len(self.train)
-
     def batches(self, index_batches, epoch):
         # The loader gets its own generator: creating an iterator otherwise draws a seed from the
         # global torch RNG, and a resumed run creates one more iterator than an uninterrupted one.

@@ -222,9 +222,6 @@ class RegData:
                                  "target": cfg.target_column},
                      "block_size": cfg.block_size, "target_range": self.target_range}
 
-    def __len__(self):
-        return len(self.train_rows)
-
     def batches(self, index_batches, epoch):
         for indices in index_batches:
             yield self.rows.batch(self.train_rows[indices], self.device), len(indices)

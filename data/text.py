@@ -242,9 +242,6 @@ class LMData:
                                     rank=rank, world_size=world)
         self.meta = {"tokenizer": tokenizer.to_dict()}  # what inference needs besides the weights
 
-    def __len__(self):
-        return len(self.train)
-
     def batches(self, index_batches, epoch):
         for indices in index_batches:
             x, y = self.train.batch(indices, epoch)  # (B, T), (B, T)
