@@ -497,10 +497,13 @@ class ASRData:
                                              collate_fn=collate, pin_memory=self.device.type == "cuda",
                                              generator=torch.Generator())
         for batch in loader:
-            inputs = {k: batch[k].to(self.device, non_blocking=True) if batch[k] is not None else None
-                      for k in ("input_values", "attention_mask", "labels", "label_lengths")}
             count = int(batch["label_lengths"].sum()) if batch["label_lengths"] is not None else 0
-            yield inputs, count  # count 0: every clip of this micro-batch was unreadable
+            yield self.model_inputs(batch), count  # count 0: every clip of this micro-batch was unreadable
+
+    def model_inputs(self, batch):
+        """What Wav2Vec2ForCTC's forward takes from a collated batch, on the device."""
+        return {k: batch[k].to(self.device, non_blocking=True) if batch[k] is not None else None
+                for k in ("input_values", "attention_mask", "labels", "label_lengths")}
 
     @torch.no_grad()
     def evaluate(self, model, keep_going):
@@ -510,9 +513,7 @@ class ASRData:
                 return None
             rows = self.val_by_length[start:start + self.batch_size]
             batch = collate([self.val[i] for i in rows])
-            (logits, frames), loss_sum = model(batch["input_values"].to(self.device),
-                                               batch["attention_mask"].to(self.device),
-                                               batch["labels"].to(self.device), batch["label_lengths"].to(self.device))
+            (logits, frames), loss_sum = model(**self.model_inputs(batch))
             total += loss_sum.item()
             labels += int(batch["label_lengths"].sum())
             hypotheses.update(zip(rows, self.vocab.decode_greedy(logits, frames)))
