@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 import xxhash
+from tqdm import tqdm
 
 FORMAT = "baton/1"
 HASH_NAME = "xxh3_64"
@@ -634,7 +635,7 @@ def make_room(folder, need, keep_last):
         return
     removed = prune(folder, max(keep_last - 1, 1))
     if removed:
-        print(f"low disk space: pruned {', '.join(removed)} before saving")
+        tqdm.write(f"low disk space: pruned {', '.join(removed)} before saving")  # above a live progress bar
     free = shutil.disk_usage(folder).free
     if free < spare:
         raise CheckpointError(f"not enough disk space in {folder} for a {file_size_text(need)} checkpoint "

@@ -8,11 +8,10 @@ for starting from GPT-2 weights. A tokenizer is described by a dict that travels
 checkpoint, so inference decodes exactly as training encoded.
 """
 
+import dataclasses
 import json
 import math
 import os
-
-import dataclasses
 
 import numpy as np
 import torch
