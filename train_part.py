@@ -187,7 +187,8 @@ class Part:
         self.last_inputs = None  # the previous micro-batch (see train_step)
 
         if self.budget.deadline is not None:  # weights + AdamW's two moments dominate the file
-            nbytes = 3 * ckpt.state_bytes(self.model.state_dict())
+            # Tied weights count twice here (the file stores them once): the estimate errs on the safe side.
+            nbytes = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
             seconds = ckpt.estimate_write_seconds(args.out, nbytes) if self.ranks.main else None
             self.budget.save_seconds = from_rank0(self.ranks, seconds)
         if not all_ranks(self.ranks, self.budget.room_for_step() or STOP["signal"]):
