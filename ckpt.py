@@ -665,9 +665,11 @@ def prune(folder, keep_last):
     """Delete all but the newest `keep_last` rolling checkpoints in `folder`; returns what went.
 
     Only files named like rolling checkpoints are touched; hand-offs and the best model never are.
+    The newest is always kept, keep_last 0 included: it is what a diverging run rolls back to.
     """
     if keep_last is None or keep_last < 0:
         return []
+    keep_last = max(keep_last, 1)
     rolling = []
     for name in os.listdir(folder):
         m = ROLLING_RE.match(name)

@@ -24,7 +24,7 @@ import lzma
 import os
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-MODULES = ["ckpt.py", "train_part.py", "infer.py",
+MODULES = ["ckpt.py", "train_part.py", "infer.py", "divergence.py", "record.py", "timebudget.py",
            "data/__init__.py", "data/config.py", "data/sampler.py", "data/text.py", "data/audio.py", "data/table.py",
            "model/__init__.py", "model/gpt.py", "model/wav2vec2.py", "model/regression.py"]
 SAMPLES = {"data/samples/shakespeare.txt": 450_000,  # bytes kept: a prefix, on a line boundary
@@ -43,6 +43,10 @@ Below the settings: the project's modules and samples, unpacked to a temp folder
 STAGE = "train"                                   # "train" (train_part.py) or "infer" (infer.py)
 ARGS = "--task lm --part auto --budget-hours 11"  # the command line of that stage
 # -------------------------------------------------------------------------------------------------
+
+import time  # noqa: E402
+
+STARTED = time.time()  # the part's time budget counts from here (train_part.main's `started`)
 
 import signal  # noqa: E402
 
@@ -93,7 +97,7 @@ def main():
         signal.signal(signum, train_part.request_stop)
     for signum in STOPS:
         train_part.request_stop(signum, None)
-    return train_part.main(argv)
+    return train_part.main(argv, started=STARTED)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python train_part.py --task lm --part 1 --budget-hours 11
     python train_part.py --task lm --part 2 --budget-hours 11     # next session, same command +1
 
-A part trains until its time budget (wall clock from process start) is nearly spent, until
+A part trains until its time budget (wall clock from Python's start) is nearly spent, until
 `--max-steps`, until the planned epochs are done, or until SIGTERM/SIGINT; then it writes the
 hand-off checkpoint `checkpoint_part{N}.safetensors` (the baton) and prints the next command.
 
@@ -17,17 +17,25 @@ The contracts this file keeps:
 - The budget: the hand-off is on disk before `--budget-hours` runs out, whatever a step costs.
 - Bad input is one sentence on stderr and exit code 2, never a traceback, and it never destroys a
   checkpoint that is already on disk.
+- Divergence: nothing non-finite is ever written. A diverging part (divergence.py says what counts)
+  rolls back to its last good checkpoint, skips the data since and goes on at a lower learning rate,
+  recorded in the checkpoint and metrics.json, so a resumed run decides the same; when it keeps
+  diverging, the part stops with the last good state as its hand-off.
 The checkpoint file itself is described in ckpt.py.
 
 Read top to bottom: the command line, setting up a part, the training loop (between the
-TRAINING SECTION banners), evaluating and saving, the end of a part; then the helpers, in order
-of first use: the tasks (each task's config, data and model are built beside its data module,
-e.g. data/text.py for lm), the learning rate, the time budget, resuming, the run's record, and
-several processes (torchrun).
+TRAINING SECTION banners), checking it and recovering from divergence, evaluating and saving,
+the end of a part; then the helpers, in order of first use: the tasks (each task's config, data
+and model are built beside its data module, e.g. data/text.py for lm), the learning rate,
+resuming and rolling back, and several processes (torchrun). Beside it: timebudget.py (when to
+stop), divergence.py (what counts as diverging), record.py (metrics.json and the plots).
 """
 
-import signal
 import time
+
+STARTED = time.time()  # the budget's clock: Python's own start-up before this line takes ~30 ms
+
+import signal  # noqa: E402
 
 # Installed before the slow imports below so that a SIGTERM at any moment, even while torch
 # loads, ends in a clean save at the next step boundary instead of a lost session.
@@ -43,17 +51,15 @@ def request_stop(signum, frame):
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-IMPORT_TIME = time.time()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import copy  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
-from collections import deque  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -61,11 +67,14 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import ckpt  # noqa: E402
+import divergence  # noqa: E402
 from data import DataError  # noqa: E402
 from data import audio  # noqa: E402
 from data import table as table_data  # noqa: E402
 from data import text as text_data  # noqa: E402
 from data.config import ConfigError, apply_settings, print_config  # noqa: E402
+from record import new_history, recent, record, write_metrics, write_plots  # noqa: E402
+from timebudget import TimeBudget, format_seconds  # noqa: E402
 
 TASKS = ("lm", "asr", "reg")
 COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
@@ -116,8 +125,8 @@ def parse_args(argv):
 
 
 def main(argv=None, started=None):
-    """Run one part; returns the exit code. `started` (a time.time()) defaults to process start."""
-    started = process_start_time() if started is None else started
+    """Run one part; returns the exit code. `started` (a time.time()) defaults to Python's start."""
+    started = STARTED if started is None else started
     args = parse_args(argv)
     try:
         part = Part(args, started)
@@ -165,6 +174,7 @@ class Part:
         self.train_model = wrap_for_training(self.model, cfg, self.ranks, self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.watch = divergence.Watch(self.device, fp16=amp == "fp16")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
         self.steps_per_epoch = math.ceil(len(self.data.sampler) / cfg.grad_accum)
         self.total_epochs = cfg.epochs + cfg.phase2_epochs
@@ -178,12 +188,14 @@ class Part:
         self.history = new_history()
         if saved is not None:
             restore(self, saved)
+        # What a divergence rolls back to (see recover): the newest finite training checkpoint, or a copy
+        # in memory of the state this part starts from until it has written one.
+        self.good = good_state_at_start(self, saved)
+        self.gave_up = None  # why the part stops after repeated divergence
         self.history["parts"].append({"part": args.part, "start_step": self.position.global_step})
         self.start_epoch = self.position.epoch
         self.last_eval_step = None
         self.last_save = time.monotonic()
-        self.log_loss = torch.zeros((), device=self.device)  # summed on the device; .item() only when logging
-        self.log_count = 0
         self.last_inputs = None  # the previous micro-batch (see train_step)
 
         if self.budget.deadline is not None:  # weights + AdamW's two moments dominate the file
@@ -221,7 +233,7 @@ def train(part):
                 t0 = time.monotonic()
                 if part.budget.first_step_at is None:
                     part.budget.first_step_at = time.time() - part.started
-                lr = learning_rate(position.global_step, cfg, part.steps_per_epoch)
+                lr = learning_rate(position.global_step, cfg, part.steps_per_epoch) * divergence.lr_scale(part.history)
                 window = [next(stream) for _ in range(min(cfg.grad_accum, len(batches) - position.batch_in_epoch))]
                 train_step(part, window, lr)
                 position.advance(len(window), len(batches))
@@ -241,10 +253,10 @@ def train_step(part, window, lr):
     # Normalise by the units (tokens, CTC labels, rows) of the whole window, not per micro-batch, so a
     # short final window or uneven batches weigh each unit the same. DDP averages the ranks'
     # gradients, so dividing by the mean count over ranks weighs every unit of every rank the same too.
-    window_count = sum(count for _, count in window)
-    part.log_count += window_count
+    window_count = units = sum(count for _, count in window)
     if ranks.world > 1:
         window_count = sum_over_ranks(ranks, [window_count])[0] / ranks.world
+    window_loss = torch.zeros((), device=part.device)
     for i, (inputs, count) in enumerate(window):
         weight = 1.0
         if count == 0:  # every clip of this micro-batch was unreadable
@@ -259,10 +271,12 @@ def train_step(part, window, lr):
                 _, loss_sum = part.train_model(**inputs)  # the loss summed over this micro-batch's units
                 loss_sum = loss_sum * weight
             scaler.scale(loss_sum / window_count).backward()
-        part.log_loss += loss_sum.detach()
-    if part.cfg.grad_clip > 0:
+        window_loss += loss_sum.detach()
+    grad_norm = None
+    if part.cfg.grad_clip > 0 or scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-        torch.nn.utils.clip_grad_norm_(part.model.parameters(), part.cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(part.model.parameters(), part.cfg.grad_clip or math.inf)
+    part.watch.observe(window_loss, units, grad_norm)  # device ops only: read at the next check
     scaler.step(optimizer)  # skipped by the scaler if an fp16 gradient overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -273,6 +287,8 @@ def train_step(part, window, lr):
 def stop_reason(part):
     """Why the part stops at this step boundary, or None; every rank comes to the same answer."""
     position, cfg, args = part.position, part.cfg, part.args
+    if part.gave_up:
+        return "diverged"
     if any_rank(part.ranks, STOP["signal"] is not None):
         return f"signal {STOP['signal'] or 'on another process'}"
     if args.max_steps is not None and position.global_step >= args.max_steps:
@@ -285,26 +301,78 @@ def stop_reason(part):
 
 
 def log_evaluate_save(part, lr, epoch):
-    """After a step: log the training loss (the one host-device sync, every log_every_steps), evaluate,
-    and write a rolling checkpoint when due."""
+    """After a step: at the steps that log, evaluate or save, first check that training is sound (the
+    one host-device sync); if it is not, roll back (recover) and write nothing. Then do what is due."""
     cfg, ranks, step = part.cfg, part.ranks, part.position.global_step
-    if step % cfg.log_every_steps == 0:
-        loss_total, count_total = sum_over_ranks(ranks, [part.log_loss.item(), part.log_count])
-        train_loss = loss_total / count_total
-        part.log_loss.zero_()
-        part.log_count = 0
-        record(part.history, steps=step, epochs=epoch, learning_rate=lr, train_loss=train_loss)
-        part.bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", step=step,
-                             left=format_seconds(part.budget.left()), refresh=False)
+    log_due = step % cfg.log_every_steps == 0
     epoch_done = part.position.epoch != epoch
     eval_due = step % cfg.eval_every_steps == 0 if cfg.eval_every_steps else epoch_done
+    save_due = bool(cfg.save_every_steps) and step % cfg.save_every_steps == 0
+    minutes = (time.monotonic() - part.last_save) / 60
+    clock_due = any_rank(ranks, cfg.save_every_minutes and minutes >= cfg.save_every_minutes)
+    if not (log_due or eval_due or save_due or clock_due):
+        return
+    totals, trouble = check(part, scan_state=eval_due or save_due or clock_due)
+    if trouble and (log_due or eval_due or save_due):
+        # Only at steps counted in steps, never at a moment the wall clock chose, so that a resumed
+        # run decides the same; a save the clock asked for waits until then.
+        return recover(part, trouble)
+    if log_due:
+        log_training(part, totals, lr, epoch)
     if eval_due:
         evaluate_and_record(part, lr, epoch)
-    minutes = (time.monotonic() - part.last_save) / 60
-    due = cfg.save_every_steps and step % cfg.save_every_steps == 0
-    if due or any_rank(ranks, cfg.save_every_minutes and minutes >= cfg.save_every_minutes):
+    if (save_due or clock_due) and not trouble:
         save(part, ckpt.rolling_name(part.position.epoch, part.position.step_in_epoch, step))
         part.last_save = time.monotonic()
+
+
+def check(part, scan_state):
+    """(the sums since the last log, what is wrong or None), the same on every rank. With scan_state
+    every weight and AdamW moment is looked at too (before anything is written)."""
+    totals = part.watch.totals(lambda sums: sum_over_ranks(part.ranks, sums))
+    scale = part.scaler.get_scale() if part.scaler.is_enabled() else None
+    trouble = divergence.problem(totals, recent(part.history, "train_loss", divergence.SPIKE_WINDOW), scale,
+                                 part.cfg.spike_factor)
+    if trouble is None and scan_state:
+        trouble = divergence.state_problem(part.model, part.optimizer)
+    return totals, from_rank0(part.ranks, trouble)
+
+
+def log_training(part, totals, lr, epoch):
+    """The training loss since the last log into the record and the progress bar; fp16's skipped steps too."""
+    step, skipped = part.position.global_step, totals["skipped"]
+    record(part.history, steps=step, epochs=epoch, learning_rate=lr, train_loss=totals["loss"],
+           **({"skipped_steps": skipped} if part.scaler.is_enabled() else {}))
+    part.watch.reset()
+    postfix = {"loss": "-" if totals["loss"] is None else f"{totals['loss']:.4f}", "lr": f"{lr:.2e}", "step": step,
+               "left": format_seconds(part.budget.left())}
+    if part.scaler.is_enabled():  # a stall shows here; a loss scale that collapsed counts as diverging
+        postfix["skipped"] = part.watch.skipped_total
+    part.bar.set_postfix(refresh=False, **postfix)
+
+
+def recover(part, trouble):
+    """Roll back to the last good state; the data since it is skipped (the loader is already past it,
+    so the windows that led here are not seen again) and the learning rate is lowered. The event goes
+    into the record, which the checkpoint carries: a resumed run knows the rate and what was skipped."""
+    step, good_step = part.position.global_step, part.good[0]
+    cfg, history = part.cfg, part.history
+    repeats = divergence.streak(history, good_step)
+    roll_back(part, good_state(part))
+    history["recoveries"] = history.get("recoveries", []) + [
+        {"step": step, "part": part.args.part, "seen": trouble, "back_to": good_step,
+         "skipped_steps": [good_step + 1, step], "lr_factor": cfg.recover_lr_factor}]
+    scale = divergence.lr_scale(history)
+    if repeats >= cfg.max_recoveries:
+        part.gave_up = (f"training diverged {repeats + 1} times after step {good_step} (last: {trouble} at step "
+                        f"{step}); the hand-off is the last good state, at step {good_step}, with the learning "
+                        f"rate at {scale:g} x the plan. Try a lower --set lr (now {cfg.lr:g})"
+                        + (", --amp bf16 on a GPU that has it" if part.scaler.is_enabled() else "")
+                        + (", --set grad_clip=1" if not cfg.grad_clip else "") + ", or check the data")
+        return
+    tqdm.write(f"step {step}: {trouble}; rolled back to step {good_step}, skipping the data of steps "
+               f"{good_step + 1}-{step}; learning rate now {scale:g} x the plan (recovery {repeats + 1} of at most "
+               f"{cfg.max_recoveries} from this state)")
 
 
 # -----------------------------------------------------------------------------
@@ -339,7 +407,7 @@ def evaluate(part):
     metrics = part.data.summarize({key: sum(share[key] for share in shares) for key in shares[0]})
     part.last_eval_step = step = part.position.global_step
     value = metrics[part.data.best_metric]
-    if part.best["value"] is None or value < part.best["value"]:  # every task's metric: lower is better
+    if math.isfinite(value) and (part.best["value"] is None or value < part.best["value"]):  # lower is better
         part.best.update(value=value, step=step)
         save_best(part, metrics)
     return metrics
@@ -354,14 +422,15 @@ def header(part, kind):
             "task_meta": part.data.meta}
 
 
-def training_state(part, rng_states):
-    """Everything the next part needs to continue exactly (the RNG of every rank included)."""
+def training_state(part, rng_states, good):
+    """Everything the next part needs to continue exactly (the RNG of every rank included), and the
+    state a divergence would roll back to (`good`: its step and file name, None if held in memory)."""
     position, cfg = part.position, part.cfg
     return {"model": part.model.state_dict(), "optimizer": part.optimizer.state_dict(),
             "scaler": part.scaler.state_dict(),
             "scheduler": {"kind": "warmup_cosine_then_phase2", "last_lr": part.optimizer.param_groups[0]["lr"]},
             "rng": rng_states, "progress": dataclasses.asdict(position), "best": dict(part.best),
-            "history": part.history,
+            "history": part.history, "good": good, "watch": part.watch.state_dict(),
             "sampler": {"seed": cfg.seed, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
                         "batches_per_epoch": len(part.data.sampler)}}
 
@@ -374,7 +443,9 @@ def save(part, name, final=False):
     rng_states = gather(part.ranks, ckpt.capture_rng())
     outcome, out = None, part.args.out
     if part.ranks.main:
-        state = training_state(part, rng_states)
+        step, source = (part.position.global_step, name) if not final else part.good
+        good = {"step": step, "file": os.path.basename(source) if isinstance(source, str) else None}
+        state = training_state(part, rng_states, good)
         meta = {**header(part, "train"), "world_size": part.ranks.world, "data_fingerprint": part.data.fingerprint}
         path = os.path.join(out, name)
         try:
@@ -388,6 +459,8 @@ def save(part, name, final=False):
             write_metrics(out, part.history)
             write_plots(out, part.history)
     outcome = from_rank0(part.ranks, outcome)  # also the barrier: nobody runs ahead of a save
+    if outcome[0] == "ok" and not final:  # written after a check found it sound: the new roll-back point
+        part.good = (part.position.global_step, outcome[1])
     part.budget.observe_save(time.monotonic() - t0)
     if outcome[0] == "error":
         if final:
@@ -413,7 +486,15 @@ def save_best(part, metrics):
 # The end of a part: the hand-off and what to run next
 
 def finish(part, stop_reason):
-    args, position, ranks = part.args, part.position, part.ranks
+    args, ranks = part.args, part.ranks
+    _, trouble = check(part, scan_state=True)  # the hand-off is checked like every other write
+    if trouble and stop_reason == "finished":  # the plan's end is a step count too: decide as at any check
+        recover(part, trouble)
+    elif trouble:  # a stop the clock or a signal chose: go back whole, so the next part replays from there
+        roll_back(part, good_state(part), whole=True)
+        print(f"note: {trouble} since the last check; the hand-off is the last good state (step {part.good[0]}), "
+              f"and the next part trains on from there and decides at the same step as an uninterrupted run")
+    position = part.position
     if stop_reason == "finished" and part.last_eval_step != position.global_step:
         # the finished model's score, unless it was just evaluated
         evaluate_and_record(part, part.optimizer.param_groups[0]["lr"], position.epoch - 1)
@@ -422,6 +503,15 @@ def finish(part, stop_reason):
     print(f"\nstopped: {stop_reason} at global step {position.global_step} "
           f"(epoch {position.epoch}/{part.total_epochs}) after {format_seconds(elapsed)}")
     print(part.budget.summary(elapsed))
+    if part.scaler.is_enabled():
+        print(f"fp16: the GradScaler skipped {part.watch.skipped_total} of this part's steps (overflow); "
+              f"loss scale now {part.scaler.get_scale():g}")
+    events = [e for e in part.history.get("recoveries", []) if e["part"] == args.part]
+    if events:
+        print(f"diverged {len(events)} time(s) in this part, at step(s) {', '.join(str(e['step']) for e in events)}; "
+              f"each rolled back and is recorded under 'recoveries' in metrics.json")
+    if part.gave_up:
+        print(f"stopped because {part.gave_up}", file=sys.stderr)
     if part.best["value"] is not None:
         print(f"best {part.best['metric']} {part.best['value']:.4f} at step {part.best['step']}: "
               f"{os.path.join(args.out, ckpt.BEST_NAME)}")
@@ -528,88 +618,6 @@ def learning_rate(step, cfg, steps_per_epoch):
 
 
 # -----------------------------------------------------------------------------
-# The time budget
-
-def process_start_time():
-    """Wall-clock time this process started (Linux /proc), so the budget counts the imports too."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        started = time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-        return min(started, IMPORT_TIME)
-    except (OSError, ValueError, IndexError):
-        return IMPORT_TIME
-
-
-class TimeBudget:
-    """Decides when to stop so the final save completes before the deadline.
-
-    It learns the durations it must leave room for as they happen: the slowest recent step, the
-    slowest save so far (first estimated by timing a real write of the same size), and evaluation.
-    """
-
-    def __init__(self, hours, started):
-        self.seconds = None if hours is None else hours * 3600.0
-        self.deadline = None if hours is None else time.monotonic() - (time.time() - started) + self.seconds
-        # Room for what cannot be measured in advance (printing, process exit, a stray slow step).
-        self.margin = 0.0 if hours is None else min(60.0, max(2.0, 0.005 * self.seconds))
-        self.first_step = None        # a process's first step pays one-off warm-up costs
-        self.recent_steps = deque(maxlen=20)
-        self.save_seconds = 0.0       # the slowest save so far (or the first estimate)
-        self.eval_seconds = 0.0       # the slowest evaluation so far
-        self.spent = {"steps": 0.0, "evaluation": 0.0, "saving": 0.0}  # where the wall time went
-        self.first_step_at = None     # seconds from process start to the first step
-
-    def left(self):
-        return math.inf if self.deadline is None else self.deadline - time.monotonic()
-
-    def observe_step(self, seconds):
-        self.spent["steps"] += seconds
-        if self.first_step is None:
-            self.first_step = seconds
-        else:
-            self.recent_steps.append(seconds)
-
-    def observe_save(self, seconds):
-        self.spent["saving"] += seconds
-        self.save_seconds = max(self.save_seconds, seconds)
-
-    def observe_eval(self, seconds):
-        self.spent["evaluation"] += seconds
-        self.eval_seconds = max(self.eval_seconds, seconds)
-
-    def step_estimate(self):
-        return 1.25 * max(self.recent_steps, default=self.first_step or 0.0)
-
-    def room_for_step(self):
-        return self.left() > self.step_estimate() + 1.5 * self.save_seconds + self.margin
-
-    def room_for_eval(self):
-        return self.left() > self.eval_seconds + self.step_estimate() + 1.5 * self.save_seconds + self.margin
-
-    def can_continue_eval(self):
-        return self.left() > 1.5 * self.save_seconds + self.margin
-
-    def summary(self, elapsed):
-        """Where the part's wall time went, and how early the hand-off landed before the deadline."""
-        parts = ", ".join(f"{name} {seconds:.1f} s ({seconds / elapsed:.1%})" for name, seconds in self.spent.items())
-        line = (f"time: {elapsed:.1f} s wall; start-up until the first step {self.first_step_at or elapsed:.1f} s; "
-                f"{parts}")
-        if self.deadline is not None:
-            line += f"; hand-off written {self.left():.1f} s before the deadline"
-        return line
-
-
-def format_seconds(s):
-    if s == math.inf:
-        return "inf"
-    s = max(0, int(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-# -----------------------------------------------------------------------------
 # Resuming: which checkpoint, and loading it into the part
 
 def choose_checkpoint(args, ranks):
@@ -675,13 +683,9 @@ def restore(part, saved):
         print("warning: the training data differs from the checkpoint's; the data order will differ")
     position = part.position = Position(**saved.state["progress"])
     part.best, part.history = dict(saved.state["best"]), saved.state["history"]
-    # Every rank's RNG is in the file (one state per rank); restored last, after everything that
-    # draws random numbers has been built.
-    states = saved.state["rng"] if isinstance(saved.state["rng"], list) else [saved.state["rng"]]
-    if part.ranks.rank < len(states):
-        ckpt.restore_rng(states[part.ranks.rank])
-    else:
-        random_seed_everything(part.cfg.seed + 1000 * part.ranks.rank + position.global_step)
+    if saved.state.get("watch"):  # the sums since the last log: the next log covers the same steps
+        part.watch.load_state_dict(saved.state["watch"])
+    restore_rng_of_rank(part, saved.state["rng"])  # last, after everything that draws random numbers is built
     saved_world, world = saved.meta.get("world_size", 1), part.ranks.world
     if saved_world != world:
         # Batches are dealt to ranks in turn, so batch b of each of W ranks is global batch b * W:
@@ -694,6 +698,57 @@ def restore(part, saved):
               f"learning-rate plan and the random streams differ from an uninterrupted run")
     print(f"resumed from {saved.path}: epoch {position.epoch}, step {position.step_in_epoch} "
           f"in epoch, global step {position.global_step}")
+
+
+def restore_rng_of_rank(part, rng):
+    """Every rank's RNG is in the file (one state per rank); a rank the file did not have gets a seed."""
+    states = rng if isinstance(rng, list) else [rng]
+    if part.ranks.rank < len(states):
+        ckpt.restore_rng(states[part.ranks.rank])
+    else:
+        random_seed_everything(part.cfg.seed + 1000 * part.ranks.rank + part.position.global_step)
+
+
+def good_state_at_start(part, saved):
+    """(step, source) to roll back to until this part's first save: the training checkpoint it resumed
+    from, or the good state which that hand-off names (where an uninterrupted run would go back to) if it
+    lies beside it; else a copy in host memory of the state the part starts from."""
+    if saved is not None and saved.meta.get("kind") == "train":
+        named = saved.state.get("good") or {}
+        beside = os.path.join(os.path.dirname(saved.path), named.get("file") or "")
+        if named.get("file") and os.path.isfile(beside):
+            return named["step"], beside
+        return part.position.global_step, saved.path
+    rng_states = gather(part.ranks, ckpt.capture_rng())
+    return part.position.global_step, copy_state(training_state(part, rng_states, None))
+
+
+def copy_state(state):
+    """A copy in host memory that training cannot change (tied tensors stay tied)."""
+    tensors, skeleton = ckpt.flatten_state(state)
+    return ckpt.unflatten_state(copy.deepcopy(skeleton), {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()})
+
+
+def good_state(part):
+    """The state `part.good` names, read from its file (verified) or copied from memory."""
+    source = part.good[1]
+    return ckpt.load(source).state if isinstance(source, str) else copy_state(source)
+
+
+def roll_back(part, state, whole=False):
+    """Load a good state's weights, AdamW moments and loss scale; with `whole`, its position, record
+    and RNG too, as if the steps since had never run."""
+    part.model.load_state_dict(state["model"])
+    part.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler") and part.scaler.is_enabled():
+        part.scaler.load_state_dict(state["scaler"])
+    part.watch.reset()
+    if whole:
+        part.position = Position(**state["progress"])
+        part.best, part.history = dict(state["best"]), copy.deepcopy(state["history"])
+        if state.get("watch"):
+            part.watch.load_state_dict(state["watch"])
+        restore_rng_of_rank(part, state["rng"])
 
 
 def initialise_from(part, saved):
@@ -718,90 +773,6 @@ def initialise_from(part, saved):
                     f"step {saved.meta.get('step_in_epoch')})")
     print(f"initialised from {saved.path} at global step {step}: carried {', '.join(carried)}; "
           f"not carried: {'; '.join(lost)}")
-
-
-# -----------------------------------------------------------------------------
-# The run's record: metrics.json and the plots, rewritten at every save
-
-def new_history():
-    # The seeds' training_metrics.json shape: parallel lists, None where a value was not measured.
-    return {"steps": [], "epochs": [], "learning_rate": [], "train_loss": [], "val_loss": [], "parts": []}
-
-
-def record(history, **row):
-    """Add one row to the parallel lists of `history` (the values of a step share a row); a new
-    metric gets None for earlier rows."""
-    n = len(history["steps"])
-    for key in row:
-        history.setdefault(key, [None] * n)
-    if n and history["steps"][-1] == row["steps"]:
-        for key, value in row.items():
-            if value is not None:
-                history[key][-1] = value
-        return
-    for key, values in history.items():
-        if key != "parts":
-            values.append(row.get(key))
-
-
-def write_metrics(out, history):
-    ckpt.write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(history, indent=1))
-
-
-def write_plots(out, history):
-    """training_curve.png (losses over steps, the learning rate below on a log scale, parts marked)
-    and loss_by_epoch.png (mean training loss per epoch), rewritten atomically at every save."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only: no display on Kaggle or a server
-        import matplotlib.pyplot as plt
-    except ImportError:
-        if not getattr(write_plots, "warned", False):
-            print("matplotlib is not installed: skipping training_curve.png and loss_by_epoch.png")
-            write_plots.warned = True
-        return
-
-    def series(key):
-        points = [(s, v) for s, v in zip(history["steps"], history.get(key, [])) if v is not None]
-        return [p[0] for p in points], [p[1] for p in points]
-
-    def save_figure(fig, name):
-        tmp = ckpt.temp_path(os.path.join(out, name), ".png")  # savefig picks the format from the suffix
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, os.path.join(out, name))
-
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6), gridspec_kw={"height_ratios": [2, 1]})
-    top.plot(*series("train_loss"), color="tab:blue", lw=1, label="training loss")
-    top.plot(*series("val_loss"), color="tab:red", marker="o", ms=3, label="validation loss")
-    top.set_ylabel("loss")
-    top.legend()
-    steps, rates = series("learning_rate")
-    bottom.plot(steps, rates, color="tab:green", lw=1)
-    if len(set(rates)) > 1:  # a constant rate (one logged point, say) has no range to draw on a log scale
-        bottom.set_yscale("log")
-    bottom.set_ylabel("learning rate")
-    bottom.set_xlabel("global step")
-    for part in history["parts"][1:]:
-        for ax in (top, bottom):
-            ax.axvline(part["start_step"], color="gray", ls="--", lw=0.8)
-        top.annotate(f"part {part['part']}", (part["start_step"], 1), xycoords=("data", "axes fraction"),
-                     xytext=(3, -12), textcoords="offset points", fontsize=8, color="gray")
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-    save_figure(fig, "training_curve.png")
-
-    by_epoch = {}
-    for epoch, loss in zip(history["epochs"], history["train_loss"]):
-        if loss is not None:
-            by_epoch.setdefault(epoch, []).append(loss)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    epochs = sorted(by_epoch)
-    ax.plot([e + 1 for e in epochs], [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], marker="o")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean training loss")
-    ax.grid(alpha=0.3)
-    save_figure(fig, "loss_by_epoch.png")
 
 
 # -----------------------------------------------------------------------------
@@ -854,10 +825,10 @@ def all_ranks(ranks, flag):
 
 
 def sum_over_ranks(ranks, values):
-    """The list `values` added element-wise over all ranks."""
+    """The list (or 1-d tensor on this rank's device) `values` added element-wise over all ranks."""
     if ranks.world == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=ranks.device)
+        return values.tolist() if isinstance(values, torch.Tensor) else list(values)
+    t = values.clone() if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float64, device=ranks.device)
     dist.all_reduce(t)
     return t.tolist()
 

@@ -34,21 +34,30 @@ class TrainConfig:
     log_every_steps: int = 10       # training loss / LR into metrics.json every N steps
     save_every_steps: int = 500     # rolling checkpoint every N steps; 0 = off
     save_every_minutes: float = 30  # ... and at least every N minutes; 0 = off
-    keep_last: int = 3              # rolling checkpoints kept (hand-offs and best are never pruned)
+    keep_last: int = 3              # rolling checkpoints kept, at least 1 (hand-offs and best are never pruned)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = False           # torch.compile the training forward (slow to start; faster steps on GPUs)
+    # A diverging run (divergence.py) rolls back to its last good checkpoint, skips the data since,
+    # and goes on at a lower learning rate; after max_recoveries in a row without a good checkpoint
+    # between, the part stops with the last good state as its hand-off.
+    spike_factor: float = 3.0       # a loss above this x its recent median counts as diverging; 0 = off
+    max_recoveries: int = 3         # roll-backs to the same checkpoint before the part stops; 0 = stop at once
+    recover_lr_factor: float = 0.5  # each recovery multiplies the learning rate by this
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "grad_accum", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "eval_every_steps", "save_every_steps", "keep_last", "phase2_epochs", "part_epochs"):
+        for name in ("warmup_steps", "eval_every_steps", "save_every_steps", "keep_last", "phase2_epochs", "part_epochs",
+                     "max_recoveries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more (got {getattr(self, name)})")
         if not self.lr > 0 or not self.phase2_lr > 0:
             raise ConfigError("lr and phase2_lr must be positive")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("min_lr_ratio must be between 0 and 1")
+        if not 0 < self.recover_lr_factor <= 1 or not (self.spike_factor == 0 or self.spike_factor > 1):
+            raise ConfigError("recover_lr_factor must be in (0, 1], and spike_factor 0 (off) or above 1")
 
 
 def apply_settings(cfg, settings):
