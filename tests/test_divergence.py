@@ -147,6 +147,19 @@ def test_a_recovery_resumes_bit_exactly(tmp_path, poison, corpus, stops):
     assert_every_file_finite(tmp_path / "parts")
 
 
+def test_a_save_the_clock_asks_for_writes_nothing_from_a_diverged_state(tmp_path, poison, corpus):
+    # a rolling save is due at every step by the clock; the NaN at 9 is decided at the log of step 12
+    poison({9: float("nan")})
+    out = tmp_path / "run"
+    assert run("lm", out, corpus, "--max-steps", "16", "--set", "log_every_steps=4", "--set", "eval_every_steps=4",
+               "--set", "save_every_minutes=1e-6", "--set", "keep_last=20") == 0
+    history = strict_json(out / "metrics.json")
+    assert [(e["step"], e["back_to"]) for e in history["recoveries"]] == [(12, 8)]
+    steps = sorted(int(ckpt.ROLLING_RE.match(n).group(3)) for n in os.listdir(out) if ckpt.ROLLING_RE.match(n))
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 15, 16]  # none from 9 to 12
+    assert_every_file_finite(out)
+
+
 def assert_same_training(a, b):
     assert a.meta["global_step"] == b.meta["global_step"]
     for section in ("model", "optimizer", "rng", "scaler"):
