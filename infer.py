@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import ckpt
+import discovery
 import model as models
 from data import DataError
 from data import audio
@@ -43,7 +44,7 @@ def resolve_checkpoint(path):
             named = os.path.join(path, f.read().strip())
         if os.path.exists(named):
             return named
-    found = [f for f in ckpt.scan([path]) if f.problem is None]
+    found = [f for f in discovery.scan([path]) if f.problem is None]
     if not found:
         raise InferError(f"no checkpoint in {path}; train first or pass a .safetensors file")
     return max(found, key=lambda f: f.global_step).path

@@ -67,6 +67,7 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import ckpt  # noqa: E402
+import discovery  # noqa: E402
 import divergence  # noqa: E402
 from data import DataError  # noqa: E402
 from data import audio  # noqa: E402
@@ -626,12 +627,12 @@ def choose_checkpoint(args, ranks):
     choice = None
     if ranks.main:
         try:
-            saved, found = ckpt.find_resume(args.resume, args.out, args.task)
+            saved, found = discovery.find_resume(args.resume, args.out, args.task)
             if saved is not None and saved.meta.get("task") not in (None, args.task):
                 raise ConfigError(f"{saved.path} was trained for task {saved.meta['task']!r}, not {args.task!r}; "
                                   f"pass --task {saved.meta['task']} or another checkpoint")
-            choice = ("ok", saved.path if saved else None, ckpt.resolve_part(args.part, args.resume, args.task,
-                                                                              saved, found))
+            part = discovery.resolve_part(args.part, args.resume, args.task, saved, found)
+            choice = ("ok", saved.path if saved else None, part)
         except (ConfigError, DataError, ckpt.CheckpointError) as e:
             choice = ("error", str(e), None)
     choice = from_rank0(ranks, choice)

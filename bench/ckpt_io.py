@@ -2,13 +2,15 @@
 checkpoint, the safetensors library, and a plain sequential write/read of the same bytes.
 Prints figures; asserts nothing.
 
-    python bench/ckpt_io.py [--folder DIR] [--repeat 3] [--n-layer 12 --n-embd 768]
+    python bench/ckpt_io.py [--folder DIR] [--repeat 5] [--n-layer 12 --n-embd 768]
 
 The default model is GPT-2 small (124M parameters) with AdamW state (two moments per
 parameter), so a checkpoint holds ~1.5 GB. Every write is fsynced (a checkpoint that is not on
 disk is not a checkpoint). The Trainer-style checkpoint is what transformers' Trainer writes:
 the model via save_pretrained (safetensors) plus torch.save of the optimizer, the scheduler and
-the RNG states, in a folder. Loads are timed twice: "cold" after asking the kernel to drop the
+the RNG states, in a folder. "save_file + checksum pass" is what Baton's guarantees would cost with
+the library's writer (see ckpt.write_file). Before each timed save, earlier writes are flushed
+(os.sync, not timed). Loads are timed twice: "cold" after asking the kernel to drop the
 file from the page cache (posix_fadvise DONTNEED; best effort), and "hot" straight after.
 """
 
@@ -16,11 +18,13 @@ import argparse
 import os
 import shutil
 import statistics
+import struct
 import sys
 import tempfile
 import time
 
 import torch
+import xxhash
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ckpt  # noqa: E402
@@ -50,19 +54,26 @@ def drop_cache(path):
     os.close(fd)
 
 
-def timed(fn, repeat):
-    times = []
+def interleaved(fns, repeat, settle=False):
+    """Median seconds of each function over `repeat` rounds, one call of each per round: this disk's
+    speed drifts by 2-3x over minutes, and taking turns spreads the drift over all of them. With
+    `settle`, dirty pages of earlier writes are flushed first (not timed), so a save does not pay
+    for the previous one's write-back."""
+    times = {name: [] for name in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if settle:
+                os.sync()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--folder", default=None, help="where to write (default: a temp folder on the same disk as the repo)")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-embd", type=int, default=768)
     args = p.parse_args()
@@ -75,7 +86,7 @@ def main():
     mb = nbytes / 1e6
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; state {mb:,.0f} MB "
           f"in {len(tensors)} tensors; folder {folder}; torch {torch.__version__}, {os.cpu_count()} CPUs")
-    paths = {k: os.path.join(folder, f"bench.{k}") for k in ("baton", "torch", "st", "plain", "trainer")}
+    paths = {k: os.path.join(folder, f"bench.{k}") for k in ("baton", "torch", "st", "plain", "trainer", "st_sum")}
 
     def baton_save():
         ckpt.write_file(paths["baton"], state, {"task": "bench", "kind": "train", "global_step": 1})
@@ -88,6 +99,27 @@ def main():
         from safetensors.torch import save_file
         save_file({k: v.contiguous() for k, v in tensors.items()}, paths["st"])
         fsync_path(paths["st"])
+
+    def safetensors_save_checksummed():
+        """What Baton's guarantees would cost with the library's writer: it writes the header itself, so
+        the checksum (which lives in the header) needs a second pass over the file before the digest
+        is patched in; then fsync, rename and the folder's fsync."""
+        from safetensors.torch import save_file
+        meta = ckpt._encode_meta({"format": ckpt.FORMAT, "kind": "train", "checksum": ckpt.CHECKSUM_PLACEHOLDER})
+        tmp = ckpt.temp_path(paths["st_sum"])
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        with open(tmp, "r+b") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = f.read(n)
+            hasher = xxhash.xxh3_64(header)
+            for chunk in iter(lambda: f.read(64 << 20), b""):
+                hasher.update(chunk)
+            f.seek(8 + header.index(ckpt.CHECKSUM_PLACEHOLDER.encode()) + len(ckpt.HASH_NAME) + 1)
+            f.write(hasher.hexdigest().encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, paths["st_sum"])
+        ckpt._fsync_dir(folder)
 
     def trainer_save():
         folder = paths["trainer"]
@@ -107,11 +139,10 @@ def main():
 
     saves = [("plain write of the same bytes", plain_write), ("ckpt.write_file (atomic, checksummed)", baton_save),
              ("torch.save", torch_save), ("Trainer-style folder", trainer_save),
-             ("safetensors.save_file", safetensors_save)]
-    results = {}
-    print(f"\nsave ({args.repeat} runs each, median, fsync included)")
-    for name, fn in saves:
-        results[name] = timed(fn, args.repeat)
+             ("safetensors.save_file", safetensors_save),
+             ("save_file + checksum pass + rename", safetensors_save_checksummed)]
+    print(f"\nsave ({args.repeat} rounds, median, fsync included)")
+    results = interleaved(dict(saves), args.repeat, settle=True)
     plain = results[saves[0][0]]
     for name, _ in saves:
         s = results[name]
@@ -145,11 +176,16 @@ def main():
              ("safetensors.load_file", safetensors_load, "st")]
     print("\nload (state into memory, model weights copied into the model)")
     print(f"  {'':40s} {'cold':>8s} {'hot':>8s}")
-    for name, fn, key in loads:
-        def cold():
+
+    def cold(fn, key):
+        def run():
             drop_cache(paths[key])
             fn()
-        c, h = timed(cold, args.repeat), timed(fn, args.repeat)
+        return run
+    colds = interleaved({name: cold(fn, key) for name, fn, key in loads}, args.repeat)
+    hots = interleaved({name: fn for name, fn, _ in loads}, args.repeat)
+    for name, _, _ in loads:
+        c, h = colds[name], hots[name]
         print(f"  {name:40s} {c:6.2f} s {h:6.2f} s   ({mb / c:5.0f} / {mb / h:5.0f} MB/s)")
     def size(path):
         if os.path.isdir(path):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import ckpt
+import discovery
 from conftest import tiny_lm_args
 import infer
 import train_part
@@ -287,7 +288,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, co
         files = [n for n in os.listdir(out) if n.endswith(".safetensors")]
         for name in files:
             ckpt.load(out / name)  # raises if any file is half-written
-    found = ckpt.scan([str(out)])
+    found = discovery.scan([str(out)])
     newest = max(f.global_step for f in found if f.kind == "train")
     proc = spawn(out, corpus, "--part", "auto", "--max-steps", str(newest + 1))
     stdout, stderr = proc.communicate(timeout=120)
