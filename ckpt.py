@@ -13,10 +13,10 @@ Guarantees (the checkpoint contract; the README's "The checkpoint format" says t
   holes) and maps the file; a file it refuses, even one edited on purpose, is one sentence;
 - every file carries a checksum of its header and payload, verified on load, so a truncated
   or corrupt upload is one clear error instead of a traceback or silently wrong weights;
-- discovery (discovery.py) picks the newest valid file by the `global_step` in its header;
+- discovery picks the newest valid file by the `global_step` in its header, never by file time;
 - pruning only touches rolling files, and never removes the newest one.
-Besides reading and writing, this module names, prunes and guards the files of a run folder
-(`make_room` keeps it within its disk); discovery.py finds the checkpoint a part continues from.
+Besides reading and writing, this module finds the checkpoint a part continues from (`find_resume`,
+`resolve_part`) and keeps the run folder within its disk (`make_room`).
 """
 
 import dataclasses
@@ -192,8 +192,8 @@ def write_file(path, state, meta):
     Why not the safetensors library's writer (reading does go through the library): the checksum
     lives in the header, which the library writes first, so with it the digest needs a second pass
     over the whole file; here it is hashed in a second thread while the bytes are written. For
-    GPT-2 small + AdamW (1.49 GB, bench/ckpt_io.py, 2026-12-01): this function 1.23 s, 94% of a
-    plain write; save_file + the checksum pass + rename 2.14 s, 54%.
+    GPT-2 small + AdamW (1.49 GB, bench/ckpt_io.py, five runs on 2026-12-01): this function took a
+    median 1.91 s, save_file + the checksum pass + rename 2.14 s (BENCHMARKS.md).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -356,16 +356,13 @@ def load(path, verify=True):
     if verify:
         _verify_checksum(path, tensors, raw_meta.get("checksum", ""))
     meta = _decode_meta(raw_meta, path)
-    skeleton = meta.pop("state", None)
     try:
-        state = unflatten_state(skeleton, tensors) if skeleton is not None else {"model": _strip(tensors, "model.")}
+        state = unflatten_state(meta.pop("state"), tensors)
+        if not isinstance(state, dict):
+            raise TypeError
     except (KeyError, TypeError, AttributeError, RecursionError):
         raise CheckpointError(f"{path} is corrupt: its state index does not match its tensors") from None
     return Checkpoint(path=path, meta=meta, state=state, size=os.path.getsize(path))
-
-
-def _strip(tensors, prefix):
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def load_legacy(path):
@@ -444,6 +441,85 @@ def load_any(path):
 # -----------------------------------------------------------------------------
 # Discovery, pruning and the files of a run folder
 
+@dataclasses.dataclass
+class Found:
+    path: str
+    size: int
+    kind: str = "?"        # "train" (resumable), "weights" (best model), or "?" when unreadable
+    task: str = None
+    part: int = None
+    epoch: int = None
+    step_in_epoch: int = None
+    global_step: int = -1
+    problem: str = None    # why the file cannot be used; None when its header reads
+
+
+def scan(roots, max_depth=6, big_folder=10_000):
+    """Every checkpoint-like file under `roots`, with what its header says.
+
+    Baton `.safetensors` files get their header read (cheap: no payload); other `.safetensors`
+    files (pretrained weights) are kind "other"; `.pt/.pth` files are kind "legacy" and are only
+    listed, since reading them means unpickling. Folders deeper than `max_depth` or with more
+    than `big_folder` entries (a competition's audio folder) are not searched, so the scan stays
+    quick on /kaggle/input.
+    """
+    found, seen = [], set()
+    for root in roots:
+        if not root or not os.path.isdir(root):
+            continue
+        base_depth = root.rstrip(os.sep).count(os.sep)
+        for folder, dirs, files in os.walk(root):
+            if folder.count(os.sep) - base_depth >= max_depth or len(dirs) + len(files) > big_folder:
+                dirs[:] = []
+            dirs.sort()
+            for name in sorted(files):
+                if name.startswith(".") or not name.endswith((".safetensors", ".pt", ".pth")):
+                    continue
+                path = os.path.join(folder, name)
+                real = os.path.realpath(path)
+                if real in seen:
+                    continue
+                seen.add(real)
+                item = Found(path=path, size=os.path.getsize(path))
+                if not name.endswith(".safetensors"):
+                    item.kind = "legacy"
+                    found.append(item)
+                    continue
+                try:
+                    meta = read_header(path)
+                    if meta.get("format") != FORMAT:
+                        item.kind = "other"
+                    else:
+                        item.kind = meta.get("kind", "train")
+                        item.task = meta.get("task")
+                        item.part = meta.get("part")
+                        item.epoch = meta.get("epoch")
+                        item.step_in_epoch = meta.get("step_in_epoch")
+                        item.global_step = int(meta.get("global_step", -1))
+                except (CheckpointError, OSError, ValueError) as e:
+                    item.problem = str(e)
+                found.append(item)
+    return found
+
+
+def newest_valid(found, task=None, kind="train"):
+    """Load the newest checkpoint by global step that verifies; also return the ones skipped.
+
+    Hand-off files win ties with rolling files of the same step, and file times are never used:
+    a copy uploaded later is not newer training.
+    """
+    skipped = []
+    candidates = [f for f in found if f.problem is None and f.kind == kind and (task is None or f.task == task)]
+    candidates.sort(key=lambda f: (f.global_step, HANDOFF_RE.match(os.path.basename(f.path)) is not None), reverse=True)
+    for item in candidates:
+        try:
+            return load(item.path), skipped
+        except CheckpointError as e:
+            item.problem = str(e)
+            skipped.append(item)
+    return None, skipped
+
+
 def fill_tied(theirs, ours):
     """Weights tied to another (GPT-2's lm_head is its token embedding) may be left out of a file,
     as Hugging Face saves them: take them from the tensor they are tied to, as from_pretrained does.
@@ -458,7 +534,9 @@ def fill_tied(theirs, ours):
 
 
 def check_compatible(saved, state_dict):
-    """Refuse a checkpoint that cannot continue this run: another model shape."""
+    """Refuse a checkpoint that cannot continue this run: no weights, or another model shape."""
+    if not isinstance(saved.state.get("model"), dict):
+        raise CheckpointError(f"{saved.path} holds no model weights")
     fill_tied(saved.state["model"], state_dict)
     ours, theirs = state_dict, saved.state["model"]
     missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
@@ -471,6 +549,75 @@ def check_compatible(saved, state_dict):
             f"shapes {', '.join(wrong[:4])}" if wrong else "") if x)
         raise CheckpointError(f"{saved.path} holds a different model than this run's config builds ({details}); "
                               f"a resumed run cannot change the model's shape")
+
+
+def input_roots(out):
+    """Where `--resume auto` looks: the run folder, then the read-only inputs (BATON_INPUT_ROOTS,
+    `:`-separated, default Kaggle's /kaggle/input, where a previous session's output is attached)."""
+    return [out] + [r for r in os.environ.get("BATON_INPUT_ROOTS", "/kaggle/input").split(os.pathsep) if r]
+
+
+def find_resume(resume, out, task):
+    """(checkpoint to continue from or None, everything found) by the --resume rule: "none", a path,
+    or "auto", which prints every checkpoint under the input roots and which one is used and why."""
+    if resume == "none":
+        print("--resume none: starting fresh")
+        return None, []
+    if resume != "auto":
+        return load_any(resume), []
+    roots = input_roots(out)
+    found = scan(roots)
+    saved, _ = newest_valid(found, task=task)
+    print_discovery(found, saved, roots, task)
+    return saved, found
+
+
+def print_discovery(found, saved, roots, task):
+    listed = [f for f in found if f.kind != "other"]
+    if not listed:
+        print(f"no checkpoints under {', '.join(roots)}; starting fresh")
+        return
+    print(f"checkpoints under {', '.join(roots)} (highest global step first):")
+    print(f"  {'part':>4} {'epoch':>5} {'step':>6} {'global':>7} {'size':>9}  status / path")
+    for f in sorted(listed, key=lambda f: f.global_step, reverse=True):
+        if saved is not None and f.path == saved.path:
+            status = "USING: the highest global step that verifies"
+        elif f.problem:
+            status = f"broken, skipped: {f.problem}"
+        elif f.kind == "legacy":
+            status = "legacy .pt/.pth: not read automatically; import with --resume PATH"
+        elif f.task != task:
+            status = f"task {f.task}, not {task}"
+        elif f.kind == "weights":
+            status = "weights only (best model): not a training state"
+        elif saved is not None and f.global_step > saved.meta["global_step"]:
+            status = "broken, skipped"
+        else:
+            status = "ok (header read; older)"
+        cells = [f.part, f.epoch, f.step_in_epoch, f.global_step if f.global_step >= 0 else None]
+        print("  " + " ".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(cells, (4, 5, 6, 7)))
+              + f" {file_size_text(f.size):>9}  {status}\n{'':36s}{f.path}")
+    if saved is None:
+        print(f"no valid checkpoint of task {task!r} among them; starting fresh")
+
+
+def resolve_part(part, resume, task, saved, found):
+    """The part number: "auto" = one more than the resumed checkpoint's part. Part N continues from
+    part N-1, so with --resume auto a checkpoint of part N-1 or later must be in reach."""
+    if part == "auto":
+        part = (saved.meta.get("part") or 0) + 1 if saved is not None and saved.meta.get("kind") == "train" else 1
+        print(f"--part auto: this is part {part}")
+        return part
+    previous = part - 1
+    if resume == "auto" and previous >= 1 and (saved is None or (saved.meta.get("part") or 0) < previous):
+        usable = [f for f in found if f.kind == "train" and f.task == task and not f.problem]
+        have = "; ".join(f"part {f.part} at global step {f.global_step} in {f.path}" for f in usable[:5]) or "nothing usable"
+        raise CheckpointError(
+            f"part {part} continues from part {previous}, but no checkpoint of part {previous} or later is in "
+            f"reach (found: {have}); attach checkpoint_part{previous}.safetensors (on Kaggle: Add Data, then the "
+            f"previous session's output), or use --part auto to continue from what was found, or --resume none to "
+            f"start over")
+    return part
 
 
 def state_bytes(state):

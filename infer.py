@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 import ckpt
-import discovery
 import model as models
 from data import DataError
 from data import audio
@@ -44,7 +43,7 @@ def resolve_checkpoint(path):
             named = os.path.join(path, f.read().strip())
         if os.path.exists(named):
             return named
-    found = [f for f in discovery.scan([path]) if f.problem is None]
+    found = [f for f in ckpt.scan([path]) if f.problem is None]
     if not found:
         raise InferError(f"no checkpoint in {path}; train first or pass a .safetensors file")
     return max(found, key=lambda f: f.global_step).path
@@ -59,7 +58,10 @@ def load_model(path, task, device):
     if saved.meta.get("task") != task:
         raise InferError(f"{saved.path} is a checkpoint of task {saved.meta.get('task')!r}, not {task!r}; "
                          f"pass --task {saved.meta.get('task')}")
+    if not isinstance(saved.meta.get("model_config"), dict):
+        raise InferError(f"{saved.path} has no model_config in its header; it cannot be rebuilt")
     model = models.rebuild(task, saved.meta["model_config"])
+    ckpt.check_compatible(saved, model.state_dict())  # one sentence, not load_state_dict's traceback
     model.load_state_dict(saved.state["model"])
     print(f"loaded {saved.path} (task {task}, global step {saved.meta.get('global_step')})", file=sys.stderr)
     return model.to(device).eval(), saved.meta

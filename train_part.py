@@ -17,7 +17,7 @@ The contracts this file keeps:
 - The budget: the hand-off is on disk before `--budget-hours` runs out, whatever a step costs.
 - Bad input is one sentence on stderr and exit code 2, never a traceback, and it never destroys a
   checkpoint that is already on disk.
-- Divergence: nothing non-finite is ever written. A diverging part (divergence.py says what counts)
+- Divergence: nothing non-finite is ever written. A diverging part (data/divergence.py: what counts)
   rolls back to its last good checkpoint, skips the data since and goes on at a lower learning rate,
   recorded in the checkpoint and metrics.json, so a resumed run decides the same; when it keeps
   diverging, the part stops with the last good state as its hand-off.
@@ -27,8 +27,8 @@ Read top to bottom: the command line, setting up a part, the training loop (betw
 TRAINING SECTION banners), checking it and recovering from divergence, evaluating and saving,
 the end of a part; then the helpers, in order of first use: the tasks (each task's config, data
 and model are built beside its data module, e.g. data/text.py for lm), the learning rate,
-resuming and rolling back, and several processes (torchrun). Beside it: timebudget.py (when to
-stop), divergence.py (what counts as diverging), record.py (metrics.json and the plots).
+the time budget, resuming and rolling back, and several processes (torchrun). In data/ beside the
+tasks: divergence.py (what counts as diverging) and record.py (metrics.json and the plots).
 """
 
 import time
@@ -60,6 +60,7 @@ import math  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
+from collections import deque  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -67,15 +68,13 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import ckpt  # noqa: E402
-import discovery  # noqa: E402
-import divergence  # noqa: E402
 from data import DataError  # noqa: E402
+from data import divergence  # noqa: E402
 from data import audio  # noqa: E402
 from data import table as table_data  # noqa: E402
 from data import text as text_data  # noqa: E402
-from data.config import ConfigError, apply_settings, print_config  # noqa: E402
-from record import new_history, recent, record, write_metrics, write_plots  # noqa: E402
-from timebudget import TimeBudget, format_seconds  # noqa: E402
+from data.config import ConfigError, print_config, resolve_settings  # noqa: E402
+from data.record import new_history, recent, record, write_metrics, write_plots  # noqa: E402
 
 TASKS = ("lm", "asr", "reg")
 COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
@@ -365,11 +364,7 @@ def recover(part, trouble):
          "skipped_steps": [good_step + 1, step], "lr_factor": cfg.recover_lr_factor}]
     scale = divergence.lr_scale(history)
     if repeats >= cfg.max_recoveries:
-        part.gave_up = (f"training diverged {repeats + 1} times after step {good_step} (last: {trouble} at step "
-                        f"{step}); the hand-off is the last good state, at step {good_step}, with the learning "
-                        f"rate at {scale:g} x the plan. Try a lower --set lr (now {cfg.lr:g})"
-                        + (", --amp bf16 on a GPU that has it" if part.scaler.is_enabled() else "")
-                        + (", --set grad_clip=1" if not cfg.grad_clip else "") + ", or check the data")
+        part.gave_up = divergence.advice(repeats + 1, good_step, trouble, step, scale, cfg, part.scaler.is_enabled())
         return
     tqdm.write(f"step {step}: {trouble}; rolled back to step {good_step}, skipping the data of steps "
                f"{good_step + 1}-{step}; learning rate now {scale:g} x the plan (recovery {repeats + 1} of at most "
@@ -504,13 +499,9 @@ def finish(part, stop_reason):
     print(f"\nstopped: {stop_reason} at global step {position.global_step} "
           f"(epoch {position.epoch}/{part.total_epochs}) after {format_seconds(elapsed)}")
     print(part.budget.summary(elapsed))
-    if part.scaler.is_enabled():
-        print(f"fp16: the GradScaler skipped {part.watch.skipped_total} of this part's steps (overflow); "
-              f"loss scale now {part.scaler.get_scale():g}")
-    events = [e for e in part.history.get("recoveries", []) if e["part"] == args.part]
-    if events:
-        print(f"diverged {len(events)} time(s) in this part, at step(s) {', '.join(str(e['step']) for e in events)}; "
-              f"each rolled back and is recorded under 'recoveries' in metrics.json")
+    scale = part.scaler.get_scale() if part.scaler.is_enabled() else None
+    print("".join(f"{line}\n" for line in divergence.report(part.history, args.part, part.watch.skipped_total, scale)),
+          end="")
     if part.gave_up:
         print(f"stopped because {part.gave_up}", file=sys.stderr)
     if part.best["value"] is not None:
@@ -539,24 +530,11 @@ CONFIGS = {"lm": text_data.LMConfig, "asr": audio.ASRConfig, "reg": table_data.R
 
 
 def resolve_config(args, saved):
-    """Defaults + --set for a fresh run; the checkpoint's config + --set when resuming, printing
-    every field that changed, because the run then differs from an uninterrupted one."""
-    cfg_cls = CONFIGS[args.task]
+    """Defaults + --set for a fresh run; the checkpoint's config + --set when resuming (data/config.py)."""
     cli = list(args.settings) + ([f"data={args.data}"] if args.data is not None else []) + \
         ([f"seed={args.seed}"] if args.seed is not None else [])
-    if saved is None or saved.meta.get("kind") != "train" or not isinstance(saved.meta.get("config"), dict):
-        return apply_settings(cfg_cls(), cli)
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    dropped = sorted(set(saved.meta["config"]) - names)
-    if dropped:
-        print(f"note: the checkpoint's settings {', '.join(dropped)} are not used by this version")
-    old = cfg_cls(**{k: v for k, v in saved.meta["config"].items() if k in names})
-    cfg = apply_settings(old, cli)
-    for f in dataclasses.fields(cfg):
-        if getattr(old, f.name) != getattr(cfg, f.name):
-            print(f"warning: {f.name} changed from {getattr(old, f.name)!r} to {getattr(cfg, f.name)!r} on resume; "
-                  f"the run will not be identical to an uninterrupted one")
-    return cfg
+    resumable = saved is not None and saved.meta.get("kind") == "train" and isinstance(saved.meta.get("config"), dict)
+    return resolve_settings(CONFIGS[args.task], cli, saved.meta["config"] if resumable else None)
 
 
 # Each builds (model, data) from a config; `saved` is the checkpoint a run resumes from, or None.
@@ -619,6 +597,73 @@ def learning_rate(step, cfg, steps_per_epoch):
 
 
 # -----------------------------------------------------------------------------
+# The time budget: from Python's start (STARTED), so the hand-off lands before the deadline
+
+class TimeBudget:
+    """Decides when to stop so the final save completes before the deadline. It learns what it must
+    leave room for as it happens: the slowest recent step, the slowest save (first estimated by
+    timing a real write of the same size), the slowest evaluation."""
+
+    def __init__(self, hours, started):
+        self.seconds = None if hours is None else hours * 3600.0
+        self.deadline = None if hours is None else time.monotonic() - (time.time() - started) + self.seconds
+        # Room for what cannot be measured in advance (printing, process exit, a stray slow step).
+        self.margin = 0.0 if hours is None else min(60.0, max(2.0, 0.005 * self.seconds))
+        self.first_step = None        # a process's first step pays one-off warm-up costs
+        self.recent_steps = deque(maxlen=20)
+        self.save_seconds = 0.0       # the slowest save so far (or the first estimate)
+        self.eval_seconds = 0.0       # the slowest evaluation so far
+        self.spent = {"steps": 0.0, "evaluation": 0.0, "saving": 0.0}  # where the wall time went
+        self.first_step_at = None     # seconds from process start to the first step
+
+    def left(self):
+        return math.inf if self.deadline is None else self.deadline - time.monotonic()
+
+    def observe_step(self, seconds):
+        self.spent["steps"] += seconds
+        if self.first_step is None:
+            self.first_step = seconds
+        else:
+            self.recent_steps.append(seconds)
+
+    def observe_save(self, seconds):
+        self.spent["saving"] += seconds
+        self.save_seconds = max(self.save_seconds, seconds)
+
+    def observe_eval(self, seconds):
+        self.spent["evaluation"] += seconds
+        self.eval_seconds = max(self.eval_seconds, seconds)
+
+    def step_estimate(self):
+        return 1.25 * max(self.recent_steps, default=self.first_step or 0.0)
+
+    def room_for_step(self):
+        return self.left() > self.step_estimate() + 1.5 * self.save_seconds + self.margin
+
+    def room_for_eval(self):
+        return self.left() > self.eval_seconds + self.step_estimate() + 1.5 * self.save_seconds + self.margin
+
+    def can_continue_eval(self):
+        return self.left() > 1.5 * self.save_seconds + self.margin
+
+    def summary(self, elapsed):
+        """Where the part's wall time went, and how early the hand-off landed before the deadline."""
+        parts = ", ".join(f"{name} {seconds:.1f} s ({seconds / elapsed:.1%})" for name, seconds in self.spent.items())
+        line = (f"time: {elapsed:.1f} s wall; start-up until the first step {self.first_step_at or elapsed:.1f} s; "
+                f"{parts}")
+        if self.deadline is not None:
+            line += f"; hand-off written {self.left():.1f} s before the deadline"
+        return line
+
+
+def format_seconds(s):
+    if s == math.inf:
+        return "inf"
+    s = max(0, int(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+# -----------------------------------------------------------------------------
 # Resuming: which checkpoint, and loading it into the part
 
 def choose_checkpoint(args, ranks):
@@ -627,11 +672,11 @@ def choose_checkpoint(args, ranks):
     choice = None
     if ranks.main:
         try:
-            saved, found = discovery.find_resume(args.resume, args.out, args.task)
+            saved, found = ckpt.find_resume(args.resume, args.out, args.task)
             if saved is not None and saved.meta.get("task") not in (None, args.task):
                 raise ConfigError(f"{saved.path} was trained for task {saved.meta['task']!r}, not {args.task!r}; "
                                   f"pass --task {saved.meta['task']} or another checkpoint")
-            part = discovery.resolve_part(args.part, args.resume, args.task, saved, found)
+            part = ckpt.resolve_part(args.part, args.resume, args.task, saved, found)
             choice = ("ok", saved.path if saved else None, part)
         except (ConfigError, DataError, ckpt.CheckpointError) as e:
             choice = ("error", str(e), None)
@@ -721,19 +766,13 @@ def good_state_at_start(part, saved):
             return named["step"], beside
         return part.position.global_step, saved.path
     rng_states = gather(part.ranks, ckpt.capture_rng())
-    return part.position.global_step, copy_state(training_state(part, rng_states, None))
-
-
-def copy_state(state):
-    """A copy in host memory that training cannot change (tied tensors stay tied)."""
-    tensors, skeleton = ckpt.flatten_state(state)
-    return ckpt.unflatten_state(copy.deepcopy(skeleton), {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()})
+    return part.position.global_step, divergence.host_copy(training_state(part, rng_states, None))
 
 
 def good_state(part):
     """The state `part.good` names, read from its file (verified) or copied from memory."""
     source = part.good[1]
-    return ckpt.load(source).state if isinstance(source, str) else copy_state(source)
+    return ckpt.load(source).state if isinstance(source, str) else divergence.host_copy(source)
 
 
 def roll_back(part, state, whole=False):

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
-import divergence  # noqa: E402
+from data import divergence  # noqa: E402
 import train_part  # noqa: E402
 
 

@@ -7,7 +7,11 @@ things to train_part.py: a `sampler` (this rank's micro-batches of training indi
 `(output, loss summed over count units)`, `evaluate(model, keep_going)` giving additive sums over
 this rank's share of the validation set, `summarize(sums)` turning the sums of all ranks into
 metrics, `best_metric` (lower is better), `meta` (what inference needs besides the weights), and a
-`fingerprint` of the training data."""
+`fingerprint` of the training data.
+
+Beside the tasks, three helpers of the training stage (train_part.py) live here, since the top
+level holds only the stages, ckpt.py and the packages: config.py (the settings every task has),
+divergence.py (what counts as a diverging run) and record.py (the run's metrics.json and plots)."""
 
 import numpy as np
 import xxhash

@@ -37,7 +37,7 @@ class TrainConfig:
     keep_last: int = 3              # rolling checkpoints kept, at least 1 (hand-offs and best are never pruned)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = False           # torch.compile the training forward (slow to start; faster steps on GPUs)
-    # A diverging run (divergence.py) rolls back to its last good checkpoint, skips the data since,
+    # A diverging run (data/divergence.py) rolls back to its last good checkpoint, skips the data since,
     # and goes on at a lower learning rate; after max_recoveries in a row without a good checkpoint
     # between, the part stops with the last good state as its hand-off.
     spike_factor: float = 3.0       # a loss above this x its recent median counts as diverging; 0 = off
@@ -78,6 +78,25 @@ def apply_settings(cfg, settings):
             raise ConfigError(f"unknown setting {key!r} for this task; valid settings: {', '.join(valid)}")
         changes[key] = parse_setting(type(cfg), key, raw.strip())
     return dataclasses.replace(cfg, **changes)
+
+
+def resolve_settings(cfg_cls, settings, saved_config=None):
+    """A fresh run's config: the defaults with `settings` applied. A resumed run's: the checkpoint's
+    `saved_config` with `settings` on top, printing every field that changed, because the run then
+    differs from an uninterrupted one (and the fields this version no longer has)."""
+    if saved_config is None:
+        return apply_settings(cfg_cls(), settings)
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    dropped = sorted(set(saved_config) - names)
+    if dropped:
+        print(f"note: the checkpoint's settings {', '.join(dropped)} are not used by this version")
+    old = cfg_cls(**{k: v for k, v in saved_config.items() if k in names})
+    cfg = apply_settings(old, settings)
+    for f in dataclasses.fields(cfg):
+        if getattr(old, f.name) != getattr(cfg, f.name):
+            print(f"warning: {f.name} changed from {getattr(old, f.name)!r} to {getattr(cfg, f.name)!r} on resume; "
+                  f"the run will not be identical to an uninterrupted one")
+    return cfg
 
 
 def parse_setting(cls, key, raw):

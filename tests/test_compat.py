@@ -28,7 +28,7 @@ REG = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set",
 def assert_same_state(a, b):
     """Every tensor and every JSON value of two training states is equal (the config in the header
     may differ: it records the data path, which is another folder here)."""
-    # Today's state adds `good` (the roll-back point) and `watch` (divergence.py), and the record may add empty
+    # Today's state adds `good` (the roll-back point) and `watch` (data/divergence.py), and the record may add empty
     # event lists: a newer version adds keys, it never changes the ones an old file has.
     added = {k: v for k, v in a.state.items() if k not in b.state}
     assert set(added) <= {"good", "watch"}

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import ckpt
-import divergence
-import record
+from data import divergence
+from data import record
 import train_part
 from conftest import tiny_lm_args
 from test_asr import TINY as ASR_TINY

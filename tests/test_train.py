@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import ckpt
-import discovery
 from conftest import tiny_lm_args
+from data.config import apply_settings
 import infer
 import train_part
 
@@ -212,7 +212,7 @@ def test_presets_start_from_the_class_defaults():
         presets = getattr(cls, "PRESETS", {})
         if presets:
             default = cls()
-            assert train_part.apply_settings(default, [f"preset={default.preset}"]) == default
+            assert apply_settings(default, [f"preset={default.preset}"]) == default
 
 
 def test_infer_generates_from_folder_best_and_full_checkpoint(tmp_path, corpus, capsys):
@@ -288,7 +288,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, co
         files = [n for n in os.listdir(out) if n.endswith(".safetensors")]
         for name in files:
             ckpt.load(out / name)  # raises if any file is half-written
-    found = discovery.scan([str(out)])
+    found = ckpt.scan([str(out)])
     newest = max(f.global_step for f in found if f.kind == "train")
     proc = spawn(out, corpus, "--part", "auto", "--max-steps", str(newest + 1))
     stdout, stderr = proc.communicate(timeout=120)

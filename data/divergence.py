@@ -12,7 +12,8 @@ weights over the good ones, or resume from them. Four things count as diverging:
 train_part.py reads them (`Watch.totals`, one sync) at the steps where it logs, evaluates or saves:
 the only moments anything is written. Those steps are counted in optimizer steps, so a run that was
 interrupted and resumed checks at the same steps and makes the same decisions as one that was not.
-What it then does (roll back, skip the data since, lower the learning rate) is `recover` there.
+What it then does (roll back, skip the data since, lower the learning rate) is `recover` there;
+`advice` and `report` are the sentences a part ends with.
 
 The spike rule: the mean loss since the last log, once it covers at least 10 steps, is more than
 `spike_factor` (default 3) times the median of the last 10 logged losses (5 at least). A mean over
@@ -22,10 +23,13 @@ training, when some batches are three times harder than others) and 2.2 (reg). S
 log_every_steps >= 10 (the default) and is off with shorter logging intervals. It looks upward only.
 """
 
+import copy
 import math
 import statistics
 
 import torch
+
+import ckpt
 
 SPIKE_WINDOW, SPIKE_MIN_HISTORY, SPIKE_MIN_STEPS = 10, 5, 10
 
@@ -109,6 +113,13 @@ def state_problem(model, optimizer):
     return f"a non-finite {bad[0]}" if bad else None
 
 
+def host_copy(state):
+    """A copy of a training state in host memory that training cannot change (tied tensors stay
+    tied): the roll-back point of a part that has not saved yet."""
+    tensors, skeleton = ckpt.flatten_state(state)
+    return ckpt.unflatten_state(copy.deepcopy(skeleton), {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()})
+
+
 def lr_scale(history):
     """The learning rate's factor after the recoveries so far (each lowers it by its lr_factor)."""
     return math.prod(event.get("lr_factor", 1.0) for event in history.get("recoveries", []))
@@ -117,3 +128,22 @@ def lr_scale(history):
 def streak(history, back_to):
     """How many recoveries already went back to the same state: no good checkpoint since."""
     return sum(1 for event in history.get("recoveries", []) if event["back_to"] == back_to)
+
+
+def advice(times, good_step, trouble, step, scale, cfg, fp16):
+    """The sentence a part that gives up ends with: what happened, where it stands, what to try."""
+    return (f"training diverged {times} times after step {good_step} (last: {trouble} at step {step}); the hand-off "
+            f"is the last good state, at step {good_step}, with the learning rate at {scale:g} x the plan. Try a "
+            f"lower --set lr (now {cfg.lr:g})" + (", --amp bf16 on a GPU that has it" if fp16 else "")
+            + (", --set grad_clip=1" if not cfg.grad_clip else "") + ", or check the data")
+
+
+def report(history, part, skipped_total, scale):
+    """The part's last lines about fp16 skips (`scale` None without fp16) and this part's divergences."""
+    lines = [] if scale is None else [f"fp16: the GradScaler skipped {skipped_total} of this part's steps (overflow); "
+                                      f"loss scale now {scale:g}"]
+    steps = [str(event["step"]) for event in history.get("recoveries", []) if event["part"] == part]
+    if steps:
+        lines.append(f"diverged {len(steps)} time(s) in this part, at step(s) {', '.join(steps)}; each rolled back "
+                     f"and is recorded under 'recoveries' in metrics.json")
+    return lines
