@@ -110,3 +110,22 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(tmp_path, corpus):
     training_states = [n for n in os.listdir(out) if n.endswith(".safetensors") and n != ckpt.BEST_NAME]
     assert training_states == ["checkpoint_part1.safetensors"]  # one file, not one per rank
     assert ckpt.load(out / "checkpoint_part1.safetensors").meta["global_step"] > 0
+
+
+def test_a_divergence_on_one_rank_is_recovered_by_both_alike(tmp_path, corpus):
+    # the NaN reaches only rank 1's loss; the gradient exchange carries it to both, the check at step 5
+    # (every step logs here) sees it in the sum over ranks, and both roll back to the save at step 3
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "poisoned_part.py"), "--task", "lm", "--out", str(out), "--data", corpus,
+           *TINY, "--max-steps", "9"]
+    env = {**os.environ, "BATON_INPUT_ROOTS": "", "OMP_NUM_THREADS": "1", "BATON_POISON": "5:nan@1"}
+    finish(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    saved = ckpt.load(out / "checkpoint_part1.safetensors")
+    events = saved.state["history"]["recoveries"]
+    assert [(e["step"], e["back_to"], e["skipped_steps"]) for e in events] == [(5, 3, [4, 5])]
+    assert saved.meta["global_step"] == 9 and saved.meta["world_size"] == 2
+    for name in os.listdir(out):
+        if name.endswith(".safetensors"):
+            for key, t in tensors(ckpt.load(out / name), "model").items():
+                assert torch.isfinite(t).all(), (name, key)
