@@ -161,6 +161,8 @@ def load_audio(path):
         raise DataError(f"cannot decode audio file {path} ({getattr(e, 'error_string', e)})") from None
     if data.shape[0] == 0:
         raise DataError(f"audio file {path} has no samples")
+    if not np.isfinite(data).all():  # a float WAV can hold NaN: one such clip would poison every epoch
+        raise DataError(f"audio file {path} holds NaN or infinite samples")
     audio = data.mean(axis=1)  # (S, C) -> (S,)
     if rate != SAMPLE_RATE:
         audio = AF.resample(torch.from_numpy(audio), rate, SAMPLE_RATE).numpy()

@@ -77,6 +77,16 @@ def test_unreadable_audio_is_a_dataerror_naming_the_file(tmp_path):
         A.audio_seconds(str(fake))
 
 
+def test_a_float_wav_holding_nan_is_refused_not_trained_on(tmp_path):
+    # float WAVs can hold NaN; normalised, one such clip would make every batch it is in NaN
+    wave = np.sin(np.linspace(0, 300, 16000)).astype(np.float32)
+    wave[100] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, wave, 16000, subtype="FLOAT")
+    with pytest.raises(DataError, match="nan.wav holds NaN or infinite samples"):
+        A.load_audio(str(path))
+
+
 # ---------------------------------------------------------------------------------------------
 # Manifests
 # ---------------------------------------------------------------------------------------------
