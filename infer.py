@@ -12,6 +12,7 @@ config stored in the file, so no training flags need repeating.
 
 import argparse
 import csv
+import json
 import os
 import sys
 
@@ -49,8 +50,27 @@ def resolve_checkpoint(path):
     return max(found, key=lambda f: f.global_step).path
 
 
+def load_hf_folder(folder, task, device):
+    """A folder that --export wrote (or any Hugging Face folder of the same kind): the model, and the
+    metadata inference needs, rebuilt from vocab.json (asr) or vocab.json + merges.txt (lm)."""
+    if task == "asr":
+        with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
+            task_meta = {"vocab": json.load(f)}
+        model = models.MODELS["asr"][0].from_pretrained(folder, vocab_size=len(task_meta["vocab"]))
+    elif task == "lm":
+        task_meta = {"tokenizer": text_data.GPT2Tokenizer.from_folder(folder).to_dict()}
+        model = models.MODELS["lm"][0].from_pretrained(folder)
+    else:
+        raise InferError(f"{folder} is a Hugging Face folder; only asr and lm read those back")
+    print(f"loaded the Hugging Face folder {folder} (task {task})", file=sys.stderr)
+    return model.to(device).eval(), {"task": task, "task_meta": task_meta}
+
+
 def load_model(path, task, device):
     """The model of a checkpoint, in eval mode, plus the checkpoint's metadata."""
+    hf = os.path.join(path, "config.json")
+    if os.path.isdir(path) and os.path.isfile(hf) and os.path.isfile(os.path.join(path, "model.safetensors")):
+        return load_hf_folder(path, task, device)
     saved = ckpt.load_any(resolve_checkpoint(path))
     if saved.meta.get("kind") == "legacy":
         raise InferError(f"{saved.path} is a legacy file without a config; continue training from it with "
@@ -156,12 +176,21 @@ def infer_reg(args, device):
 
 
 def export(args, device):
-    """Write the checkpoint's model as a Hugging Face folder (config.json, model.safetensors, vocab.json)."""
+    """Write the checkpoint's model as a Hugging Face folder: config.json and model.safetensors, and
+    for asr the vocabulary, feature extractor and tokenizer that `transformers.pipeline` needs; for lm
+    with GPT-2's BPE, the tokenizer files AutoTokenizer reads."""
     model, meta = load_model(args.ckpt, args.task, device)
     if args.task == "asr":
         model.save_pretrained(args.export, vocab=meta["task_meta"]["vocab"])
+        audio.write_hf_processor(args.export, layer_norm_features=model.config.feat_extract_norm == "layer")
     else:
         model.save_pretrained(args.export)
+    tokenizer = meta["task_meta"].get("tokenizer") or {}
+    if args.task == "lm" and tokenizer.get("kind") == "gpt2":
+        text_data.tokenizer_from_dict(tokenizer).save_pretrained(args.export, max_length=model.config.block_size)
+    elif args.task == "lm":
+        print(f"note: the {tokenizer.get('kind')} tokenizer has no transformers equivalent: the folder opens with "
+              f"AutoModelForCausalLM, and text is encoded as in data/text.py", file=sys.stderr)
     print(f"exported to {args.export}", file=sys.stderr)
 
 

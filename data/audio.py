@@ -14,6 +14,7 @@ depends only on the sampler's order.
 
 import csv
 import dataclasses
+import json
 import os
 import stat
 import typing
@@ -213,6 +214,31 @@ def normalize_text(text, keep=None):
 PAD, BOS, EOS, UNK, DELIM = "<pad>", "<s>", "</s>", "<unk>", "|"
 
 
+def write_hf_processor(folder, layer_norm_features):
+    """The files beside vocab.json that make `transformers.pipeline("automatic-speech-recognition")`
+    open an exported folder: the feature extractor does what load_audio does (16 kHz mono, then
+    (x - mean) / sqrt(var + 1e-7) per clip), and the tokenizer decodes CTC as decode_greedy does
+    (repeats collapsed, <pad> as the blank, "|" as the space). One difference stays: for CTC the
+    pipeline keeps special tokens ("<unk>") in its text, where Baton drops them; a trained model
+    does not emit them (they are never in its targets)."""
+    files = {
+        # Hugging Face passes an attention mask only to models whose feature encoder uses layer norm
+        # (the large checkpoints); the group-norm ones are given zero-padded audio without it.
+        "preprocessor_config.json": {
+            "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": SAMPLE_RATE,
+            "padding_value": 0.0, "padding_side": "right", "do_normalize": True,
+            "return_attention_mask": layer_norm_features, "processor_class": "Wav2Vec2Processor"},
+        "tokenizer_config.json": {
+            "tokenizer_class": "Wav2Vec2CTCTokenizer", "pad_token": PAD, "unk_token": UNK, "bos_token": BOS,
+            "eos_token": EOS, "word_delimiter_token": DELIM, "replace_word_delimiter_char": " ",
+            "do_lower_case": False, "processor_class": "Wav2Vec2Processor"},
+        "special_tokens_map.json": {"pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOS},
+    }
+    for name, content in files.items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2)
+
+
 class CharVocab:
     """Characters <-> CTC label ids, with Hugging Face's vocab.json conventions.
 
@@ -271,7 +297,9 @@ class CharVocab:
         """Greedy CTC decoding of per-frame argmax ids: merge repeats, then drop blanks.
 
         The order matters: "a <blank> a" is two a's, "a a" is one. Other special tokens are dropped
-        too (an <unk> in a submission would only add an error).
+        too (an <unk> in a submission would only add an error). Spaces are kept as the model gave
+        them, as transformers' Wav2Vec2CTCTokenizer does ("| <blank> |" is two), stripped at the
+        ends; post-processing (postprocess_bengali, normalize_text) makes them single.
         """
         kept, previous = [], None
         for i in _as_list(ids):
@@ -279,7 +307,7 @@ class CharVocab:
             if i != previous and i not in self.special_ids:
                 kept.append(i)
             previous = i
-        return self._join(kept)
+        return "".join(" " if self.id_to_token.get(i) == DELIM else self.id_to_token.get(i, "") for i in kept).strip()
 
     def decode_greedy(self, logits, frames):
         """Best path decoding of a batch: logits (B, T, V), frames (B,) real frames -> B strings."""
@@ -521,7 +549,7 @@ class ASRData:
             hypotheses.update(zip(rows, self.vocab.decode_greedy(logits, frames)))
         for i in sorted(hypotheses)[:2]:
             tqdm.write(f"  ref: {self.references[i]}\n  hyp: {hypotheses[i]}")
-        refs, hyps = [self.references[i] for i in hypotheses], list(hypotheses.values())
+        refs, hyps = [self.references[i] for i in hypotheses], [" ".join(h.split()) for h in hypotheses.values()]
         word_errors, words = error_counts(refs, hyps, words=True)
         char_errors, chars = error_counts(refs, hyps, words=False)
         return {"loss": total, "labels": labels, "word_errors": word_errors, "words": words,

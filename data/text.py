@@ -160,6 +160,17 @@ class GPT2Tokenizer:
     def to_dict(self):
         return {"kind": "gpt2", "vocab": self.vocab, "merges": [" ".join(m) for m in self.merges]}
 
+    def save_pretrained(self, folder, max_length):
+        """vocab.json, merges.txt and tokenizer_config.json: the folder opens with AutoTokenizer."""
+        with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(self.vocab, f, ensure_ascii=False)
+        with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "".join(" ".join(m) + "\n" for m in self.merges))
+        end = "<|endoftext|>" if "<|endoftext|>" in self.vocab else None  # GPT-2's one special token
+        with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"tokenizer_class": "GPT2Tokenizer", "bos_token": end, "eos_token": end, "unk_token": end,
+                       "add_prefix_space": False, "model_max_length": max_length}, f, indent=2)
+
 
 def make_tokenizer(kind, text=None, folder=""):
     if kind == "byte":

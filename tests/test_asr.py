@@ -85,6 +85,38 @@ def test_submission_has_every_clip_post_processed_and_export_opens(tmp_path, cli
     assert vocab["<pad>"] == 0 and "|" in vocab and "<unk>" in vocab
 
 
+def test_export_opens_in_a_transformers_pipeline_and_transcribes_as_infer_does(tmp_path, clips):
+    transformers = pytest.importorskip("transformers")
+    import numpy as np
+    import soundfile as sf
+    assert train(tmp_path / "run", clips, "--max-steps", "1") == 0  # untrained: it emits many characters
+    # A trained model never emits <s>, </s> or <unk> (they are not in its targets); this one would, and for
+    # CTC the pipeline keeps special tokens in its text where Baton drops them. Make it behave as trained.
+    saved = ckpt.load(tmp_path / "run" / "checkpoint_part1.safetensors")
+    vocab = saved.meta["task_meta"]["vocab"]
+    bias = saved.state["model"]["lm_head.bias"].clone()
+    bias[[vocab[t] for t in (audio.BOS, audio.EOS, audio.UNK)]] = -1e4
+    saved.state["model"]["lm_head.bias"] = bias
+    meta = {k: v for k, v in saved.meta.items() if k not in ("format", "created_at", "checksum")}
+    ckpt.write_file(tmp_path / "model" / "checkpoint_part1.safetensors", saved.state, meta)
+
+    ours = tmp_path / "ours.csv"
+    assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "model"), "--no-postprocess", "--out", str(ours)]) == 0
+    hf = tmp_path / "hf"
+    assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "model"), "--export", str(hf)]) == 0
+    pipe = transformers.pipeline("automatic-speech-recognition", model=str(hf), device="cpu")
+    with open(ours, newline="", encoding="utf-8") as f:
+        expected = dict(list(csv.reader(f))[1:])
+    assert sum(len(text) for text in expected.values()) > 100  # characters to compare, not blanks
+    for name in sorted(os.listdir(audio.EMBEDDED_TEST)):
+        wave, rate = sf.read(os.path.join(audio.EMBEDDED_TEST, name), dtype="float32", always_2d=True)
+        text = pipe({"raw": np.ascontiguousarray(wave.mean(axis=1)), "sampling_rate": rate})["text"]
+        assert text == expected[os.path.splitext(name)[0]], name
+    again = tmp_path / "again.csv"  # and infer.py reads the exported folder back
+    assert infer.main(["--task", "asr", "--ckpt", str(hf), "--no-postprocess", "--out", str(again)]) == 0
+    assert again.read_text(encoding="utf-8") == ours.read_text(encoding="utf-8")
+
+
 def test_bad_rows_are_reported_and_training_goes_on(tmp_path, clips, capsys):
     data = tmp_path / "data"
     shutil.copytree(clips, data)

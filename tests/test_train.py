@@ -207,6 +207,43 @@ def test_run_started_from_gpt2_weights_resumes_with_their_shape(tmp_path, corpus
     assert final_state(out, 2).meta["global_step"] == 4
 
 
+def test_a_gpt2_bpe_export_opens_with_the_auto_classes_and_generates_the_same_tokens(tmp_path, corpus, capsys):
+    transformers = pytest.importorskip("transformers")
+    import json
+    from data import text as text_data
+    folder = tmp_path / "gpt2"  # GPT-2's layout with a small real-format BPE: 256 byte characters + merges
+    chars = list(text_data.bytes_to_unicode().values())
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("a", "n"), ("o", "r"), ("i", "n"), ("Ġ", "s")]
+    vocab = {c: i for i, c in enumerate(chars)}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(vocab), n_positions=32, n_embd=24, n_layer=1,
+                                                         n_head=3)).save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "3", "--set", f"pretrained={folder}", "--set", "tokenizer=gpt2") == 0
+    hf = tmp_path / "hf"
+    assert infer.main(["--task", "lm", "--ckpt", str(out), "--export", str(hf)]) == 0
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf).eval()
+    prompt = "the son"  # prompt and new tokens within the 16 positions (HF does not crop the context)
+    ours = text_data.tokenizer_from_dict(ckpt.load(out / "checkpoint_part1.safetensors").meta["task_meta"]["tokenizer"])
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    assert ids[0].tolist() == ours.encode(prompt)
+    theirs = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)[0].tolist()
+    assert len(theirs) <= 16
+    capsys.readouterr()
+    assert infer.main(["--task", "lm", "--ckpt", str(out), "--prompt", prompt, "--temperature", "0",
+                       "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == ours.decode(theirs)  # the same greedy tokens, as text
+    capsys.readouterr()
+    assert infer.main(["--task", "lm", "--ckpt", str(hf), "--prompt", prompt, "--temperature", "0",
+                       "--max-new-tokens", "8"]) == 0  # and infer.py reads the folder back
+    assert capsys.readouterr().out.rstrip("\n") == ours.decode(theirs)
+
+
 def test_presets_start_from_the_class_defaults():
     for cls in train_part.CONFIGS.values():
         presets = getattr(cls, "PRESETS", {})
