@@ -23,6 +23,7 @@ import ckpt
 import model as models
 from data import DataError
 from data import audio
+from data import decoding
 from data import table as table_data
 from data import text as text_data
 
@@ -110,6 +111,9 @@ def infer_asr(args, device):
         raise InferError(f"no audio clips found in {args.data}")
     clips = audio.AudioDataset(utterances)
     print(f"clips: {clips.report}", file=sys.stderr)
+    lm = decoding.read_lm(args.lm, audio.sentences_of) if args.lm else None
+    if lm is not None and not args.beam:
+        raise InferError("--lm needs a beam search: add --beam N (e.g. 32)")
     by_length = sorted(range(len(clips)), key=lambda i: clips.lengths[i])  # similar lengths pad less
     predicted = {}
     with torch.no_grad():
@@ -118,7 +122,13 @@ def infer_asr(args, device):
             if not batch["ids"]:
                 continue
             logits, frames = model(batch["input_values"].to(device), batch["attention_mask"].to(device))
-            predicted.update(zip(batch["ids"], vocab.decode_greedy(logits, frames)))
+            if args.beam:
+                log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
+                texts = [decoding.prefix_beam_search(log_probs[row, :int(frames[row])], vocab, args.beam, lm,
+                                                     args.lm_weight, args.word_bonus) for row in range(len(log_probs))]
+            else:
+                texts = vocab.decode_greedy(logits, frames)
+            predicted.update(zip(batch["ids"], texts))
     missing = [u.id for u in utterances if u.id not in predicted]
     if missing:
         print(f"warning: {len(missing)} clips could not be read and get an empty sentence "
@@ -207,6 +217,12 @@ def parse_args(argv):
     g = p.add_argument_group("asr")
     g.add_argument("--no-postprocess", dest="postprocess", action="store_false",
                    help="skip the Bengali post-processing (NFC, spaces, closing danda)")
+    g.add_argument("--beam", type=int, default=0, help="CTC prefix beam search of this width; 0 = greedy")
+    g.add_argument("--lm", default=None, metavar="PATH",
+                   help="word n-gram LM for the beam: an ARPA file, or a text file / CSV (sentence column) to "
+                        "build a 3-gram from (data/decoding.py)")
+    g.add_argument("--lm-weight", type=float, default=0.5, help="weight of the LM's log probability")
+    g.add_argument("--word-bonus", type=float, default=1.0, help="added per word, against the LM's short bias")
     g = p.add_argument_group("lm")
     g.add_argument("--prompt", default="", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=300)

@@ -25,8 +25,8 @@ import os
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODULES = ["ckpt.py", "train_part.py", "infer.py",
-           "data/__init__.py", "data/config.py", "data/divergence.py", "data/record.py", "data/sampler.py",
-           "data/text.py", "data/audio.py", "data/table.py",
+           "data/__init__.py", "data/config.py", "data/decoding.py", "data/divergence.py", "data/record.py",
+           "data/sampler.py", "data/text.py", "data/audio.py", "data/table.py",
            "model/__init__.py", "model/gpt.py", "model/wav2vec2.py", "model/regression.py"]
 SAMPLES = {"data/samples/shakespeare.txt": 450_000,  # bytes kept: a prefix, on a line boundary
            "data/samples/diamonds/train.csv": None, "data/samples/diamonds/test.csv": None,

@@ -323,6 +323,21 @@ def _as_list(ids):
     return ids.tolist() if hasattr(ids, "tolist") else list(ids)
 
 
+def sentences_of(path):
+    """The normalised sentences of a text file (one a line) or of a manifest's `sentence` column
+    (its training rows only, when it has a `split` column): what a decoding LM is built from."""
+    if path.lower().endswith((".csv", ".tsv")):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ",")
+            if "sentence" not in (reader.fieldnames or []):
+                raise DataError(f"{path} has no 'sentence' column to build a language model from")
+            texts = [row["sentence"] or "" for row in reader if row.get("split", "train") in ("train", "")]
+    else:
+        with open(path, encoding="utf-8") as f:
+            texts = f.read().splitlines()
+    return [normalize_text(t) for t in texts]
+
+
 def postprocess_bengali(text):
     """A prediction as submission.csv wants it: NFC, single spaces, ending in a danda unless it ends in ।, ? or !."""
     text = " ".join(unicodedata.normalize("NFC", text).split())

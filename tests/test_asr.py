@@ -117,6 +117,21 @@ def test_export_opens_in_a_transformers_pipeline_and_transcribes_as_infer_does(t
     assert again.read_text(encoding="utf-8") == ours.read_text(encoding="utf-8")
 
 
+def test_beam_search_with_a_language_model_built_from_the_transcripts(tmp_path, clips, capsys):
+    assert train(tmp_path / "run", clips, "--max-steps", "1") == 0
+    sub = tmp_path / "beam.csv"
+    assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--out", str(sub), "--beam", "4",
+                       "--lm", str(clips / "train.csv"), "--lm-weight", "0.5", "--word-bonus", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "language model: a 3-gram built from 24 sentences" in printed.out  # the training rows only
+    with open(sub, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 1 + len(os.listdir(audio.EMBEDDED_TEST))
+    assert all(sentence == audio.postprocess_bengali(sentence) for _, sentence in rows[1:])
+    assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--lm", str(clips / "train.csv")]) == 2
+    assert "--lm needs a beam search" in capsys.readouterr().err
+
+
 def test_bad_rows_are_reported_and_training_goes_on(tmp_path, clips, capsys):
     data = tmp_path / "data"
     shutil.copytree(clips, data)

@@ -1,0 +1,90 @@
+"""The CTC prefix beam search and the word n-gram LM (data/decoding.py), on hand-made frame
+probabilities and a hand-written ARPA file, against hand-computed answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from data import audio, decoding
+
+VOCAB = audio.CharVocab({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "a": 5, "c": 6, "o": 7, "t": 8})
+
+
+def frames(*rows):
+    """Log probabilities of frames given as {label: probability}; the rest is shared out tiny."""
+    out = np.full((len(rows), len(VOCAB.token_to_id)), 1e-6)
+    for t, row in enumerate(rows):
+        for token, p in row.items():
+            out[t, VOCAB.token_to_id[token]] = p
+    return np.log(out / out.sum(axis=1, keepdims=True))
+
+
+def test_the_beam_adds_up_the_alignments_that_greedy_sees_apart():
+    # two frames, each 60% blank and 40% "a": the best path is blank-blank (0.36), so greedy says "";
+    # but "a" is spelled by a-a, a-blank and blank-a: 0.16 + 0.24 + 0.24 = 0.64
+    lp = frames({"<pad>": 0.6, "a": 0.4}, {"<pad>": 0.6, "a": 0.4})
+    assert VOCAB.decode_ctc(lp.argmax(axis=1)) == ""
+    assert decoding.prefix_beam_search(lp, VOCAB, beam=8) == "a"
+    assert math.isclose(0.16 + 0.24 + 0.24, 0.64) and 0.64 > 0.36
+
+
+def test_a_held_letter_is_one_and_a_blank_between_makes_two():
+    held = frames({"a": 1.0}, {"a": 1.0}, {"<pad>": 1.0})
+    twice = frames({"a": 1.0}, {"<pad>": 1.0}, {"a": 1.0})
+    assert decoding.prefix_beam_search(held, VOCAB, beam=4) == "a"
+    assert decoding.prefix_beam_search(twice, VOCAB, beam=4) == "aa"
+
+
+COT_OR_CAT = frames({"c": 1.0}, {"o": 0.55, "a": 0.45}, {"t": 1.0})
+
+
+def test_the_language_model_changes_the_beams_choice():
+    assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=8) == "cot"  # the sound alone
+    lm = decoding.NgramLM.build([["cat"]] * 20 + [["cot"]], order=2)
+    assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=8, lm=lm, lm_weight=1.0) == "cat"
+    assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=8, lm=lm, lm_weight=0.0) == "cot"
+
+
+ARPA = """\\data\\
+ngram 1=4
+ngram 2=2
+
+\\1-grams:
+-1.0\t</s>
+-99\t<s>\t-0.30103
+-0.5\ta\t-0.2
+-0.7\tb
+
+\\2-grams:
+-0.1\t<s> a
+-0.4\tb </s>
+
+\\end\\
+"""
+
+
+def test_an_arpa_file_scores_a_sentence_as_computed_by_hand(tmp_path):
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA, encoding="utf-8")
+    lm = decoding.NgramLM.read_arpa(str(path))
+    assert lm.order == 2
+    # log10 P(<s> a b </s>) = P(a | <s>) listed: -0.1; P(b | a) not listed: bow(a) + P(b) = -0.2 - 0.7;
+    # P(</s> | b) listed: -0.4
+    assert lm.log10_sentence(["a", "b"]) == pytest.approx(-0.1 + (-0.2 - 0.7) + -0.4)
+    # a word it never saw, and no <unk>: the floor of -10, after the backoff of its context
+    assert lm.log10_prob(["a"], "zebra") == pytest.approx(-0.2 - 10.0)
+
+
+def test_a_built_model_is_a_distribution_in_every_context_and_survives_arpa(tmp_path):
+    sentences = [s.split() for s in ["the cat sat", "the cat ran", "a dog sat", "the dog", "cat"]]
+    lm = decoding.NgramLM.build(sentences, order=3)
+    words = sorted({w for s in sentences for w in s}) + ["</s>", "<unk>"]
+    for context in (["<s>"], ["<s>", "the"], ["the", "cat"], ["cat"], ["never", "seen"]):
+        assert sum(10 ** lm.log10_prob(context, w) for w in words) == pytest.approx(1.0), context
+    path = tmp_path / "built.arpa"
+    lm.write_arpa(str(path))
+    again = decoding.NgramLM.read_arpa(str(path))
+    for sentence in (["the", "cat", "sat"], ["a", "cat", "ran"], ["zebra"]):
+        assert again.log10_sentence(sentence) == pytest.approx(lm.log10_sentence(sentence), abs=1e-5)
+    assert lm.log10_sentence(["the", "cat", "sat"]) > lm.log10_sentence(["sat", "cat", "the"])
