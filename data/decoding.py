@@ -160,6 +160,7 @@ def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_b
         new = prefix + (label,)
         if new not in lm_score:
             score = lm_score[prefix]
+            # where the LM enters: a space completes a word, scored against the words before it
             if lm is not None and label == space and prefix and prefix[-1] != space:
                 words = [w for w in words_of(prefix) if w]
                 score += lm_weight * LN10 * lm.log10_prob(["<s>"] + words[:-1], words[-1]) + word_bonus
@@ -168,6 +169,7 @@ def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_b
 
     for frame in np.asarray(log_probs, dtype=np.float64):
         candidates = [c for c in np.flatnonzero(frame > prune).tolist() if c != blank and c not in skip]
+        # the prefixes after this frame; one reached by several alignments merges here: logadd
         following = collections.defaultdict(lambda: [NEG_INF, NEG_INF])
         for prefix, (p_blank, p_label) in beams.items():
             p_total = logadd(p_blank, p_label)
@@ -183,6 +185,7 @@ def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_b
                 # the same label again is a new letter only after a blank
                 came = p_blank if prefix and label == prefix[-1] else p_total
                 following[new][1] = logadd(following[new][1], came + frame[label])
+        # keep the `beam` best by acoustic probability plus LM score
         ranked = sorted(following.items(), key=lambda kv: logadd(*kv[1]) + lm_score[kv[0]], reverse=True)
         beams = {prefix: tuple(p) for prefix, p in ranked[:beam]}
 
