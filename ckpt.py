@@ -63,6 +63,14 @@ class CheckpointError(Exception):
 # -----------------------------------------------------------------------------
 # Flattening a nested state into tensors + a JSON skeleton
 
+def same_tensor(t):
+    """What two names of one tensor share (tied weights: GPT's lm_head is its token embedding);
+    empty tensors have no storage to share and never match."""
+    if not t.numel():
+        return None
+    return t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape), tuple(t.stride())
+
+
 def flatten_state(tree, prefix=""):
     """Split a nested dict/list of tensors and JSON values into (tensors, skeleton).
 
@@ -78,9 +86,8 @@ def flatten_state(tree, prefix=""):
         if isinstance(node, torch.Tensor):
             if path in tensors:
                 raise ValueError(f"two tensors flatten to the same name {path!r}")
-            view = (node.device, node.untyped_storage().data_ptr(), node.storage_offset(), node.dtype,
-                    tuple(node.shape), tuple(node.stride()))
-            if node.numel() and view in seen:
+            view = same_tensor(node)
+            if view is not None and view in seen:
                 return {"__tensor__": seen[view]}
             seen[view] = path
             tensors[path] = node
@@ -526,11 +533,14 @@ def fill_tied(theirs, ours):
     `ours` is the model's state_dict, where tied names share one tensor."""
     tied = {}
     for name, t in ours.items():
-        tied.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []).append(name)
+        key = same_tensor(t)
+        if key is not None:
+            tied.setdefault(key, []).append(name)
     for names in tied.values():
         present = [n for n in names if n in theirs]
-        for name in names if present and len(names) > 1 else ():
-            theirs.setdefault(name, theirs[present[0]])
+        if present:
+            for name in names:
+                theirs.setdefault(name, theirs[present[0]])
 
 
 def check_compatible(saved, state_dict):
