@@ -120,6 +120,7 @@ class NgramLM:
         logprob[("<s>",)] = -99.0  # never predicted, only a context (ARPA's convention)
         backoff = {}
         for n in range(2, order + 1):
+            lower = cls(n - 1, logprob, backoff)  # the orders below n, complete by now
             by_context = collections.defaultdict(list)
             for ngram, c in counts[n].items():
                 by_context[ngram[:-1]].append((ngram[-1], c))
@@ -130,7 +131,7 @@ class NgramLM:
                     p = (c - discount) / c_context
                     logprob[context + (word,)] = math.log10(p)
                     seen += p
-                    lower_seen += 10 ** NgramLM(n - 1, logprob, backoff).log10_prob(context[1:], word)
+                    lower_seen += 10 ** lower.log10_prob(context[1:], word)
                 left, lower_left = 1.0 - seen, max(1.0 - lower_seen, 1e-9)
                 backoff[context] = math.log10(max(left, 1e-12) / lower_left)
         return cls(order, logprob, backoff)

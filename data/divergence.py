@@ -45,7 +45,7 @@ class Watch:
         self.steps = 0
 
     def reset(self):
-        """After a log or a roll-back (where the sums were just read: this sync costs nothing more)."""
+        """After a log or a roll-back, right after a check read the sums (one more small read, of the skips)."""
         self.skipped_total += int(self.sums[2].item())
         self.sums.zero_()
         self.steps = 0
@@ -79,8 +79,7 @@ class Watch:
     def totals(self, sum_over_ranks):
         """The sums as host numbers (the one sync), added over all processes."""
         loss, units, skipped, bad = sum_over_ranks(self.sums)
-        return {"loss": loss / units if units else None, "units": units, "skipped": int(skipped), "bad": bad > 0,
-                "steps": self.steps}
+        return {"loss": loss / units if units else None, "skipped": int(skipped), "bad": bad > 0, "steps": self.steps}
 
 
 def problem(totals, recent_losses, scale, spike_factor):

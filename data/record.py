@@ -46,8 +46,15 @@ def record(history, **row):
 
 
 def recent(history, key, count):
-    """The last `count` values of a series that were measured."""
-    return [v for v in history.get(key, []) if v is not None][-count:]
+    """The last `count` values of a series that were measured (read from the end: a long run's
+    record holds thousands of rows, and this runs at every check)."""
+    found = []
+    for value in reversed(history.get(key, [])):
+        if len(found) == count:
+            break
+        if value is not None:
+            found.append(value)
+    return found[::-1]
 
 
 def strict(value):

@@ -199,7 +199,7 @@ def test_strict_record_and_the_rules():
                                     {"step": 2, "key": "val_loss", "value": "inf"}]
     json.dumps(record.strict({"a": [float("nan"), 1.0]}), allow_nan=False)
 
-    sound = {"loss": 2.0, "units": 10, "skipped": 0, "bad": False, "steps": 10}
+    sound = {"loss": 2.0, "skipped": 0, "bad": False, "steps": 10}
     level = [2.0, 2.1, 1.9, 2.0, 2.0]
     assert divergence.problem(sound, level, None, 3.0) is None
     assert "loss spike (6.1" in divergence.problem({**sound, "loss": 6.1}, level, None, 3.0)
