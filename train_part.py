@@ -166,7 +166,7 @@ class Part:
         random_seed_everything(cfg.seed)  # the same initial weights on every rank
         resumable = saved if saved is not None and saved.meta.get("kind") == "train" else None
         # The task's model, and its data (the objects in data/ share one interface: data/__init__.py).
-        self.model, self.data = BUILDERS[args.task](cfg, self.device, self.ranks.rank, self.ranks.world, resumable)
+        self.model, self.data = BUILDERS[args.task](cfg, self.device, self.ranks.rank, self.ranks.world, resumable, args.out)
         self.model.gradient_checkpointing = cfg.grad_checkpointing
         self.model.to(self.device)
         if self.ranks.world > 1:
@@ -537,7 +537,8 @@ def resolve_config(args, saved):
     return resolve_settings(CONFIGS[args.task], cli, saved.meta["config"] if resumable else None)
 
 
-# Each builds (model, data) from a config; `saved` is the checkpoint a run resumes from, or None.
+# Each builds (model, data) from a config; `saved` is the checkpoint a run resumes from, or None, and
+# `workdir` the run's --out folder, where work that depends only on the data is kept for later parts.
 BUILDERS = {"lm": text_data.build_lm, "asr": audio.build_asr, "reg": table_data.build_reg}
 
 

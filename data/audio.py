@@ -625,7 +625,7 @@ class ASRConfig(TrainConfig):
             raise ConfigError("max_seconds and eval_max_clips must be positive, num_workers 0 or more")
 
 
-def build_asr(cfg, device, rank=0, world=1, saved=None):
+def build_asr(cfg, device, rank=0, world=1, saved=None, workdir=None):
     """(model, data) of the asr task; `saved` is the checkpoint a run resumes from, or None."""
     # On resume, the checkpoint's vocabulary, so label ids keep their meaning.
     vocab = CharVocab.from_dict(saved.meta["task_meta"]["vocab"]) if saved else None

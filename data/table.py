@@ -295,7 +295,7 @@ def numeric_column_list(cfg):
     return [c.strip() for c in cfg.numeric_columns.split(",") if c.strip()]
 
 
-def build_reg(cfg, device, rank=0, world=1, saved=None):
+def build_reg(cfg, device, rank=0, world=1, saved=None, workdir=None):
     """(model, data) of the reg task; `saved` is the checkpoint a run resumes from, or None."""
     numeric_columns = numeric_column_list(cfg)
     path = cfg.data or DEFAULT_TRAIN

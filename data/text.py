@@ -300,7 +300,7 @@ class LMConfig(TrainConfig):
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
-def build_lm(cfg, device, rank=0, world=1, saved=None):
+def build_lm(cfg, device, rank=0, world=1, saved=None, workdir=None):
     """(model, data) of the lm task; `saved` is the checkpoint a run resumes from, or None."""
     text = read_corpus(cfg.data)
     if saved:  # resuming: decode exactly as before, even if the text changed
