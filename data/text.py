@@ -8,10 +8,18 @@ for starting from GPT-2 weights. A tokenizer is described by a dict that travels
 checkpoint, so inference decodes exactly as training encoded.
 """
 
+import codecs
+import collections
 import dataclasses
+import glob
+import io
 import json
 import math
+import multiprocessing
 import os
+import struct
+import time
+import types
 
 import numpy as np
 import torch
@@ -26,24 +34,42 @@ from model.gpt import GPTConfig
 SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
 DEFAULT_CORPUS = os.path.join(SAMPLES, "shakespeare.txt")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
+READ_BLOCK = 8 << 20  # bytes of corpus read at a time
 
 
-def read_corpus(path=""):
-    """The text of a file, or of every text file in a folder (sorted by name), or the embedded corpus."""
+def corpus_files(path=""):
+    """The text files of a corpus: the file itself, or every text file in a folder (sorted by path)."""
     path = path or DEFAULT_CORPUS
     if os.path.isdir(path):
         files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs if f.endswith(TEXT_SUFFIXES))
         if not files:
             raise DataError(f"folder {path} has no text files ({', '.join(TEXT_SUFFIXES)})")
-    elif os.path.isfile(path):
-        files = [path]
-    else:
-        raise DataError(f"text data {path} does not exist")
-    parts = []
-    for f in files:
-        with open(f, encoding="utf-8", errors="replace") as fh:
-            parts.append(fh.read())
-    text = "\n\n".join(parts)
+        return files
+    if os.path.isfile(path):
+        return [path]
+    raise DataError(f"text data {path} does not exist")
+
+
+def text_pieces(files, block=READ_BLOCK, progress=None):
+    """The corpus as a stream of strings whose concatenation is the files' texts joined by a blank
+    line, read `block` bytes at a time, so a corpus of any size passes through bounded memory.
+    Bytes that are not UTF-8 become U+FFFD and line ends become "\\n", as Python's text files do.
+    `progress(n)` is told of every n bytes read."""
+    for n, path in enumerate(files):
+        if n:
+            yield "\n\n"
+        lines = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(errors="replace"), translate=True)
+        with open(path, "rb") as f:
+            while chunk := f.read(block):
+                if progress:
+                    progress(len(chunk))
+                yield lines.decode(chunk)
+        yield lines.decode(b"", final=True)
+
+
+def read_corpus(path=""):
+    """The whole text of a corpus (file, folder, or the embedded one) as one string: for small texts."""
+    text = "".join(text_pieces(corpus_files(path)))
     if len(text) < 2:
         raise DataError(f"text data {path} is empty")
     return text
@@ -78,6 +104,16 @@ class CharTokenizer:
             raise DataError(f"characters {''.join(unknown[:10])!r} are not in the model's vocabulary "
                             f"(char tokenizer); use characters from the training text")
         return [self.index[c] for c in text]
+
+    def encode_array(self, text):
+        """encode() for long texts: the text's code points looked up in the sorted vocabulary (NumPy)."""
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        vocab = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        order = np.argsort(vocab)
+        at = np.minimum(np.searchsorted(vocab[order], points), len(vocab) - 1)
+        if not np.array_equal(vocab[order][at], points):
+            self.encode(text)  # names the unknown characters
+        return order[at].astype(token_dtype(self.vocab_size))
 
     def decode(self, ids):
         return "".join(self.chars[int(i)] for i in ids if 0 <= int(i) < self.vocab_size)
@@ -195,10 +231,265 @@ def tokenizer_from_dict(d):
 
 
 def encode_tokens(tokenizer, text):
-    """The whole text as a 1-D token tensor (int64, so it indexes embeddings directly)."""
-    if isinstance(tokenizer, ByteTokenizer):  # fast path: no Python list of a million ints
-        return torch.from_numpy(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64))
-    return torch.tensor(tokenizer.encode(text), dtype=torch.int64)
+    """A text as a 1-D int64 token tensor (small texts; a corpus goes through `token_file`)."""
+    return torch.from_numpy(np.concatenate(list(encode_pieces(tokenizer, [text], workers=1))).astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Token files: a corpus is tokenized once, then every part reads it through a memory map
+# ---------------------------------------------------------------------------------------------
+# A token file is a safetensors file with one 1-D tensor `tokens` (uint8 when the vocabulary has at
+# most 256 entries, uint16 up to 65,536, else uint32) and in its header: the tokenizer, the corpus it
+# was made from (`corpus_identity`) and the data fingerprint. It is named `<tokenizer>-<key>.tokens`
+# (not .safetensors, so checkpoint discovery passes it by), the key hashing the corpus identity and the
+# tokenizer, and kept in the run folder's tokens/ beside the checkpoints: on Kaggle that is
+# /kaggle/working/runs/lm/tokens, saved with the output, so the next part finds it under /kaggle/input.
+
+TOKENS_FORMAT = "baton-tokens/1"
+TOKENS_SUFFIX = ".tokens"
+BPE_CHUNK = 1 << 20  # characters per job for the BPE workers
+
+
+def token_dtype(vocab_size):
+    return np.uint8 if vocab_size <= 1 << 8 else np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def corpus_identity(files):
+    """What a corpus is, cheap enough to check at every part: each file's name (relative to the
+    corpus), size, and a hash of 16 blocks of 64 KB spread over it (of all of it under 1 MB). A part
+    reads about 1 MB per file instead of the corpus; an edit that keeps a file's size and falls
+    between the blocks goes unnoticed."""
+    root = os.path.dirname(files[0]) if len(files) == 1 else os.path.commonpath(files)
+    identity = []
+    for path in files:
+        size, digest = os.path.getsize(path), xxhash.xxh3_64()
+        with open(path, "rb") as f:
+            if size <= 1 << 20:
+                digest.update(f.read())
+            for i in range(16 if size > 1 << 20 else 0):
+                f.seek(i * (size - (64 << 10)) // 15)
+                digest.update(f.read(64 << 10))
+        identity.append([os.path.relpath(path, root), size, digest.hexdigest()])
+    return identity
+
+
+def describe_change(old, new):
+    """One clause saying how corpus identity `new` differs from `old`."""
+    old_files, new_files = {n: (s, h) for n, s, h in old}, {n: (s, h) for n, s, h in new}
+    if old_files.keys() != new_files.keys():
+        return f"it had {len(old_files)} files and has {len(new_files)}"
+    changed = sorted(n for n in new_files if new_files[n] != old_files[n])
+    sizes = sum(s for s, _ in old_files.values()), sum(s for s, _ in new_files.values())
+    return f"{', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed ({sizes[0]:,} bytes then, {sizes[1]:,} now)"
+
+
+def encode_pieces(tokenizer, pieces, workers):
+    """Token arrays for a stream of text pieces, in order, whose concatenation is the encoding of the
+    pieces' concatenation. BPE runs in `workers` processes on pieces cut where GPT-2's pattern splits
+    anyway (`bpe_chunks`), so the result is the same as encoding the whole text at once."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return (np.frombuffer(piece.encode("utf-8"), dtype=np.uint8) for piece in pieces)
+    if isinstance(tokenizer, CharTokenizer):
+        return (tokenizer.encode_array(piece) for piece in pieces)
+    chunks, dtype = bpe_chunks(pieces), token_dtype(tokenizer.vocab_size)
+    if workers <= 1:
+        return (np.array(tokenizer.encode(chunk), dtype=dtype) for chunk in chunks)
+    return _in_workers(tokenizer, chunks, workers)
+
+
+def bpe_chunks(pieces, size=BPE_CHUNK):
+    """Regroups text pieces into chunks of about `size` characters, each cut just before a space that
+    has a non-space on both sides: GPT-2's pattern never matches across such a cut (the word before
+    ends there, " word" starts there, nothing looks behind), so chunks encode as the whole text does."""
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        while len(buffer) >= size:
+            cut = buffer.rfind(" ", 1, len(buffer) - 1)
+            while cut > 0 and (buffer[cut - 1].isspace() or buffer[cut + 1].isspace()):
+                cut = buffer.rfind(" ", 1, cut)
+            if cut <= 0 and len(buffer) < 16 * size:
+                break  # no cut point yet (text without spaces): read on
+            cut = cut if cut > 0 else len(buffer)
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer
+
+
+_worker_tokenizer = None
+
+
+def _start_worker(tokenizer_dict):
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer_from_dict(tokenizer_dict)
+
+
+def _encode_in_worker(chunk):
+    return np.array(_worker_tokenizer.encode(chunk), dtype=token_dtype(_worker_tokenizer.vocab_size))
+
+
+def _in_workers(tokenizer, chunks, workers):
+    """BPE of `chunks` in a pool of processes, results in order, at most 2 jobs per worker in flight
+    (Pool.imap would read the whole corpus into its queue)."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=(tokenizer.to_dict(),)) as pool:
+        pending = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+class TokenFile:
+    """An opened token file: `tokens` is a read-only memory map (no RAM but the pages read),
+    `tokenizer`, `corpus` (the identity it was made from) and `fingerprint` come from its header."""
+
+    def __init__(self, path):
+        from safetensors import SafetensorError, safe_open  # the library checks every byte range
+        try:
+            with safe_open(path, framework="numpy") as f:
+                meta, names = f.metadata() or {}, list(f.keys())
+                shape, dtype = (f.get_slice("tokens").get_shape(), f.get_slice("tokens").get_dtype()) if names == ["tokens"] else (None, None)
+            if meta.get("format") != TOKENS_FORMAT or len(shape or []) != 1 or dtype not in ("U8", "U16", "U32"):
+                raise ValueError("not a Baton token file")
+            self.tokenizer = tokenizer_from_dict(json.loads(meta["tokenizer"]))
+            self.corpus, self.fingerprint = json.loads(meta["corpus"]), meta["fingerprint"]
+            with open(path, "rb") as f:
+                offset = 8 + struct.unpack("<Q", f.read(8))[0]
+        except (SafetensorError, ValueError, KeyError, OSError, DataError) as e:
+            raise DataError(f"{path} is truncated, damaged or not a token file ({e})") from None
+        self.path = path
+        self.tokens = np.memmap(path, dtype={"U8": np.uint8, "U16": np.uint16, "U32": np.uint32}[dtype], mode="r",
+                                offset=offset, shape=tuple(shape))
+
+    @staticmethod
+    def write(path, tokenizer, corpus, token_arrays):
+        """Streams `token_arrays` into `path` atomically (temp file, fsync, rename). The header is
+        written last, over room kept for it at the start: the token count is known only at the end."""
+        dtype = token_dtype(tokenizer.vocab_size)
+        fingerprint = xxhash.xxh3_64()  # of the tokens as int64: the same value an in-memory run had
+
+        def header(count):
+            meta = {"format": TOKENS_FORMAT, "tokenizer": json.dumps(tokenizer.to_dict()), "corpus": json.dumps(corpus),
+                    "fingerprint": fingerprint.hexdigest()}
+            nbytes = count * np.dtype(dtype).itemsize
+            name = {np.uint8: "U8", np.uint16: "U16", np.uint32: "U32"}[dtype]
+            return json.dumps({"tokens": {"dtype": name, "shape": [count], "data_offsets": [0, nbytes]},
+                               "__metadata__": meta}).encode()
+
+        room = -(-len(header(10 ** 15)) // 8) * 8  # the longest header any count gives, 8-byte aligned
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
+        count = 0
+        with open(tmp, "wb") as f:
+            f.write(b"\0" * (8 + room))
+            for ids in token_arrays:
+                f.write(ids.astype(dtype, copy=False).tobytes())
+                fingerprint.update(ids.astype(np.int64).tobytes())
+                count += len(ids)
+            f.seek(0)
+            f.write(struct.pack("<Q", room) + header(count).ljust(room))  # safetensors allows space padding
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return count
+
+
+def token_file(cfg, saved, workdir, rank=0, workers=None):
+    """The tokens of the corpus `cfg.data`, built once and reused by every later part.
+
+    A token file is looked for in the run folder's tokens/, beside the checkpoint being resumed and
+    under /kaggle/input; it is used when it opens (a truncated or damaged one is said and, in the
+    run folder, rebuilt), was made from a corpus with the same identity, and holds the tokenizer
+    the run needs: the checkpoint's when resuming, so token ids keep their meaning. Otherwise rank
+    0 tokenizes the corpus into the run folder, in bounded memory, with BPE on every core; other
+    ranks wait for the file. `cfg.data` may also name a token file itself (a corpus tokenized
+    once, e.g. attached as a Kaggle dataset). Returns a TokenFile, or one held in memory when
+    there is no run folder (`workdir` None)."""
+    if cfg.data.endswith(TOKENS_SUFFIX):
+        found = TokenFile(cfg.data)
+        if saved and found.tokenizer.to_dict() != saved.meta["task_meta"]["tokenizer"]:
+            raise DataError(f"{cfg.data} was tokenized with another tokenizer than the checkpoint's")
+        return found
+    files = corpus_files(cfg.data)
+    corpus = corpus_identity(files)
+    wanted = tokenizer_from_dict(saved.meta["task_meta"]["tokenizer"]) if saved else None
+    kind = wanted.to_dict()["kind"] if wanted else cfg.tokenizer
+    if wanted is None and kind != "char":  # a char vocabulary is made from the text, while it is read
+        wanted = make_tokenizer(kind, folder=cfg.pretrained)
+    spec = kind if kind != "gpt2" else f"gpt2:{tokenizer_key(wanted)}"
+    base = f"{kind}-{xxhash.xxh3_64(json.dumps([corpus, spec]).encode()).hexdigest()}"
+    names = [base + TOKENS_SUFFIX] + ([f"{base}-{tokenizer_key(wanted)[:8]}{TOKENS_SUFFIX}"] if wanted else [])
+    own = os.path.join(workdir, "tokens") if workdir else None
+    folders = [own] + ([os.path.join(os.path.dirname(saved.path), "tokens")] if saved else []) + kaggle_token_folders()
+    while True:
+        found, free = _find_token_file(folders, names, corpus, wanted, own)
+        if found or rank == 0:
+            break
+        time.sleep(1)  # another rank is tokenizing; torchrun ends this one if that rank fails
+    if found:
+        print(f"data: tokens from {found.path}" + (" (read-only; not copied into this part's output)"
+                                                   if not found.path.startswith(own or "\0") else ""))
+        return found
+    return build_token_file(files, corpus, wanted, own and os.path.join(own, free), workers)
+
+
+def tokenizer_key(tokenizer):
+    return xxhash.xxh3_64(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def kaggle_token_folders(root="/kaggle/input"):
+    """Where attached datasets and notebook outputs may hold token files: each one's top folder, and
+    tokens/ folders down to the depth of a notebook output's runs/lm/tokens (patterns for glob)."""
+    if not os.path.isdir(root):
+        return []
+    return [os.path.join(root, "*")] + [os.path.join(root, *["*"] * depth, "tokens") for depth in range(1, 5)]
+
+
+def _find_token_file(folders, names, corpus, wanted, own):
+    """The first usable token file among `names` in `folders`, and the first name free in `own`."""
+    free = next((n for n in names if not os.path.exists(os.path.join(own, n))), names[-1]) if own else None
+    for folder in filter(None, folders):
+        for name in names:
+            for path in sorted(glob.glob(os.path.join(folder, name))):
+                try:
+                    found = TokenFile(path)
+                except DataError as e:
+                    print(f"warning: {e}; " + ("building it again" if os.path.dirname(path) == own else "not used"))
+                    free = name if os.path.dirname(path) == own else free
+                    continue
+                if found.corpus == corpus and (wanted is None or found.tokenizer.to_dict() == wanted.to_dict()):
+                    return found, free
+    return None, free
+
+
+def build_token_file(files, corpus, tokenizer, path, workers=None):
+    """Tokenizes the corpus into the token file `path` (kept in memory when path is None), with a
+    progress bar for large corpora. `tokenizer` None means a char vocabulary made from the text."""
+    from tqdm import tqdm
+    if tokenizer is None:  # every character of the text, found in a first pass
+        chars = set()
+        for piece in text_pieces(files):
+            chars.update(piece)
+        tokenizer = CharTokenizer(sorted(chars))
+    kind, total, started = tokenizer.to_dict()["kind"], sum(size for _, size, _ in corpus), time.monotonic()
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing ({kind})", disable=total < 64 << 20,
+              mininterval=2) as bar:
+        arrays = encode_pieces(tokenizer, text_pieces(files, progress=bar.update), workers if kind == "gpt2" else 1)
+        if path is None:
+            tokens = np.concatenate(list(arrays))
+            fingerprint = xxhash.xxh3_64(tokens.astype(np.int64).tobytes()).hexdigest()
+            return types.SimpleNamespace(tokens=tokens, tokenizer=tokenizer, corpus=corpus, fingerprint=fingerprint,
+                                         path=None)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        count = TokenFile.write(path, tokenizer, corpus, arrays)
+    print(f"data: tokenized {total / 1e6:,.1f} MB into {count:,} tokens in {time.monotonic() - started:.1f} s ({path})")
+    return TokenFile(path)
 
 
 class TokenWindows:
@@ -213,7 +504,7 @@ class TokenWindows:
         if len(tokens) < 2 * block_size + 1:
             raise DataError(f"the text has {len(tokens)} tokens, too few for block_size {block_size}; "
                             f"use more text or a smaller block_size")
-        self.tokens = tokens
+        self.tokens = np.asarray(tokens)  # a memory-mapped token file, or tokens in memory
         self.block_size = block_size
         self.seed = seed
         self.num_windows = len(tokens) // block_size - 1
@@ -227,9 +518,9 @@ class TokenWindows:
 
     def batch(self, indices, epoch=0):
         """x, y of shape (B, T): y is x shifted left by one token."""
-        starts = torch.as_tensor(indices, dtype=torch.int64) * self.block_size + self.shift(epoch)
-        offsets = starts[:, None] + torch.arange(self.block_size + 1)  # (B, T+1)
-        chunk = self.tokens[offsets]
+        starts = np.asarray(indices, dtype=np.int64) * self.block_size + self.shift(epoch)
+        offsets = starts[:, None] + np.arange(self.block_size + 1)  # (B, T+1)
+        chunk = torch.from_numpy(self.tokens[offsets].astype(np.int64))  # reads only these pages of a map
         return chunk[:, :-1], chunk[:, 1:]
 
 
@@ -240,14 +531,15 @@ class LMData:
 
     best_metric = "val_loss"  # picks best_model.safetensors (lower is better)
 
-    def __init__(self, tokens, tokenizer, cfg, device, rank=0, world=1):
+    def __init__(self, tokens, tokenizer, cfg, device, rank=0, world=1, fingerprint=None):
         n_val = int(len(tokens) * cfg.val_fraction)
         self.train = TokenWindows(tokens[:-n_val], cfg.block_size, cfg.seed)
         self.val = TokenWindows(tokens[-n_val:], cfg.block_size, cfg.seed)
         self.device, self.batch_size = device, cfg.batch_size
         n_eval = min(len(self.val), cfg.eval_batches * cfg.batch_size)
         self.eval_indices = np.linspace(0, len(self.val) - 1, n_eval).round().astype(int).tolist()[rank::world]
-        self.fingerprint = xxhash.xxh3_64(tokens.numpy().tobytes()).hexdigest()  # to warn when it changes
+        # To warn when the data changes: a hash of the tokens as int64, which a token file carries.
+        self.fingerprint = fingerprint or xxhash.xxh3_64(np.asarray(tokens, dtype=np.int64).tobytes()).hexdigest()
         self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True, drop_last=True,
                                     rank=rank, world_size=world)
         self.meta = {"tokenizer": tokenizer.to_dict()}  # what inference needs besides the weights
@@ -302,13 +594,15 @@ class LMConfig(TrainConfig):
 
 def build_lm(cfg, device, rank=0, world=1, saved=None, workdir=None):
     """(model, data) of the lm task; `saved` is the checkpoint a run resumes from, or None."""
-    text = read_corpus(cfg.data)
-    if saved:  # resuming: decode exactly as before, even if the text changed
-        tokenizer = tokenizer_from_dict(saved.meta["task_meta"]["tokenizer"])
-    else:
-        tokenizer = make_tokenizer(cfg.tokenizer, text, cfg.pretrained)
-    tokens = encode_tokens(tokenizer, text)
-    data = LMData(tokens, tokenizer, cfg, device, rank, world)
+    # Tokenized once into a token file that later parts map; resuming keeps the checkpoint's tokenizer.
+    source = token_file(cfg, saved, workdir, rank)
+    before = saved.meta["task_meta"].get("corpus") if saved else None
+    if before and source.corpus != before:
+        print(f"note: the corpus {cfg.data or DEFAULT_CORPUS} is not the one the checkpoint trained on "
+              f"({describe_change(before, source.corpus)}); its tokens were made again with the checkpoint's tokenizer")
+    tokens, tokenizer = source.tokens, source.tokenizer
+    data = LMData(tokens, tokenizer, cfg, device, rank, world, source.fingerprint)
+    data.meta["corpus"] = source.corpus
     print(f"data: {len(tokens):,} tokens ({tokenizer.to_dict()['kind']} tokenizer, vocab {tokenizer.vocab_size}); "
           f"{len(data.train):,} train / {len(data.val):,} val windows of {cfg.block_size}")
     fresh = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,

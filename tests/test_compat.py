@@ -42,8 +42,11 @@ def assert_same_state(a, b):
     assert ta.keys() == tb.keys()
     for name in ta:
         assert ta[name].dtype == tb[name].dtype and torch.equal(ta[name], tb[name]), name
-    for key in ("task", "kind", "part", "epoch", "step_in_epoch", "global_step", "task_meta", "data_fingerprint"):
+    for key in ("task", "kind", "part", "epoch", "step_in_epoch", "global_step", "data_fingerprint"):
         assert a.meta.get(key) == b.meta.get(key), key
+    # task_meta may gain keys (lm's `corpus`, what its token file was made from), never change one.
+    assert {k: a.meta["task_meta"].get(k) for k in b.meta["task_meta"]} == b.meta["task_meta"]
+    assert set(a.meta["task_meta"]) - set(b.meta["task_meta"]) <= {"corpus"}
     # A model config may gain fields with defaults (reg's `loss`), never lose or change one.
     assert {k: a.meta["model_config"].get(k) for k in b.meta["model_config"]} == b.meta["model_config"]
 

@@ -69,7 +69,8 @@ def test_epoch_boundary_and_files_of_a_run(tmp_path, corpus):
     names = sorted(os.listdir(out))
     assert names == sorted(["best_model.safetensors", "checkpoint_part1.safetensors", "latest.txt", "metrics.json",
                             "training_curve.png", "loss_by_epoch.png", ckpt.rolling_name(1, 0, 12),
-                            ckpt.rolling_name(0, 9, 9)])
+                            ckpt.rolling_name(0, 9, 9), "tokens"])
+    assert len(os.listdir(out / "tokens")) == 1  # the corpus, tokenized once
     handoff = final_state(out, 1)
     assert (handoff.meta["epoch"], handoff.meta["step_in_epoch"], handoff.meta["global_step"]) == (1, 2, 14)
     assert (out / "latest.txt").read_text().strip() == "checkpoint_part1.safetensors"
