@@ -68,13 +68,11 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import ckpt  # noqa: E402
-from data import DataError  # noqa: E402
-from data import divergence  # noqa: E402
-from data import audio  # noqa: E402
+from data import DataError, audio, divergence  # noqa: E402
 from data import table as table_data  # noqa: E402
 from data import text as text_data  # noqa: E402
 from data.config import ConfigError, print_config, resolve_settings  # noqa: E402
-from data.record import new_history, recent, record, write_metrics, write_plots  # noqa: E402
+from data.record import close_part, new_history, plan, recent, record, write_metrics, write_plots  # noqa: E402
 
 TASKS = ("lm", "asr", "reg")
 COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
@@ -231,8 +229,9 @@ def train(part):
                 if reason:
                     return reason
                 t0 = time.monotonic()
-                if part.budget.first_step_at is None:
+                if part.budget.first_step_at is None:  # where the run stands, and its step rate so far
                     part.budget.first_step_at = time.time() - part.started
+                    tqdm.write(plan(part.history, part.total_steps, position.global_step, part.args.budget_hours))
                 lr = learning_rate(position.global_step, cfg, part.steps_per_epoch) * divergence.lr_scale(part.history)
                 window = [next(stream) for _ in range(min(cfg.grad_accum, len(batches) - position.batch_in_epoch))]
                 train_step(part, window, lr)
@@ -494,14 +493,15 @@ def finish(part, stop_reason):
     if stop_reason == "finished" and part.last_eval_step != position.global_step:
         # the finished model's score, unless it was just evaluated
         evaluate_and_record(part, part.optimizer.param_groups[0]["lr"], position.epoch - 1)
+    close_part(part.history, args.part, position.global_step, time.time() - part.started, part.budget.spent["steps"])
     path, nbytes = save(part, ckpt.handoff_name(args.part), final=True)
     elapsed = time.time() - part.started
     print(f"\nstopped: {stop_reason} at global step {position.global_step} "
           f"(epoch {position.epoch}/{part.total_epochs}) after {format_seconds(elapsed)}")
     print(part.budget.summary(elapsed))
+    print(plan(part.history, part.total_steps, position.global_step, args.budget_hours))
     scale = part.scaler.get_scale() if part.scaler.is_enabled() else None
-    print("".join(f"{line}\n" for line in divergence.report(part.history, args.part, part.watch.skipped_total, scale)),
-          end="")
+    print(divergence.report(part.history, args.part, part.watch.skipped_total, scale), end="")
     if part.gave_up:
         print(f"stopped because {part.gave_up}", file=sys.stderr)
     if part.best["value"] is not None:

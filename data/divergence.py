@@ -138,11 +138,11 @@ def advice(times, good_step, trouble, step, scale, cfg, fp16):
 
 
 def report(history, part, skipped_total, scale):
-    """The part's last lines about fp16 skips (`scale` None without fp16) and this part's divergences."""
+    """The part's last lines (a string) about fp16 skips (`scale` None without fp16) and this part's divergences."""
     lines = [] if scale is None else [f"fp16: the GradScaler skipped {skipped_total} of this part's steps (overflow); "
                                       f"loss scale now {scale:g}"]
     steps = [str(event["step"]) for event in history.get("recoveries", []) if event["part"] == part]
     if steps:
         lines.append(f"diverged {len(steps)} time(s) in this part, at step(s) {', '.join(steps)}; each rolled back "
                      f"and is recorded under 'recoveries' in metrics.json")
-    return lines
+    return "".join(line + "\n" for line in lines)

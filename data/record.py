@@ -130,3 +130,37 @@ def write_plots(out, history):
     ax.set_ylabel("mean training loss")
     ax.grid(alpha=0.3)
     save_figure(fig, "loss_by_epoch.png")
+
+
+def close_part(history, part, step, seconds, step_seconds):
+    """Notes in this part's `parts` entry where it ended and its step rate: steps per hour of the whole
+    part (start-up, evaluation and saves included: what the next part of the same budget will do) and
+    steps per second of training alone."""
+    entry = history["parts"][-1] if history["parts"] and history["parts"][-1]["part"] == part else None
+    if entry is None:  # rolled back whole to a state from before this part began: it kept no steps
+        entry = {"part": part, "start_step": step}
+        history["parts"].append(entry)
+    steps = step - entry["start_step"]
+    entry.update(end_step=step, seconds=round(seconds, 3),
+                 steps_per_hour=round(steps / seconds * 3600, 1) if steps and seconds > 0 else None,
+                 steps_per_second=round(steps / step_seconds, 3) if steps and step_seconds > 0 else None)
+
+
+def plan(history, total_steps, step, budget_hours):
+    """The line printed as a part starts and as it ends: where the run stands, the step rate of the
+    newest part that measured one, and how many more parts of `budget_hours` the rest needs at that
+    rate (the seeds keep this "Time Budget per Part" table by hand)."""
+    left = max(total_steps - step, 0)
+    line = f"plan: step {step:,} of {total_steps:,} ({step / max(total_steps, 1):.1%})"
+    if not left:
+        return line + "; nothing left to train"
+    measured = [entry for entry in history["parts"] if entry.get("steps_per_hour")]
+    if not measured:
+        return line + f"; {left:,} steps left, at a rate this part will measure"
+    rate = measured[-1]["steps_per_hour"]
+    hours = left / rate
+    line += (f"; at part {measured[-1]['part']}'s {rate:,.0f} steps/h (start-up, evaluation and saves included) "
+             f"the {left:,} steps left take {hours:.1f} h")
+    if budget_hours:
+        line += f", {math.ceil(hours / budget_hours)} more part(s) of --budget-hours {budget_hours:g}"
+    return line

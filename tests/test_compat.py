@@ -36,6 +36,10 @@ def assert_same_state(a, b):
     assert all(v == [] for v in history_added.values()), history_added
     a_state = {k: v for k, v in a.state.items() if k in b.state}
     a_state["history"] = {k: v for k, v in a.state["history"].items() if k in b.state["history"]}
+    # Each part's entry now also notes where it ended and its step rate (data/record.py close_part).
+    rates = ("end_step", "seconds", "steps_per_hour", "steps_per_second")
+    a_state["history"]["parts"] = [{k: v for k, v in p.items() if k not in rates} for p in a.state["history"]["parts"]]
+    assert all(k in a.state["history"]["parts"][-1] for k in rates)
     ta, skeleton_a = ckpt.flatten_state(a_state)
     tb, skeleton_b = ckpt.flatten_state(b.state)
     assert skeleton_a == skeleton_b  # progress, best, history (every loss and metric), sampler, scheduler

@@ -4,6 +4,8 @@ Most runs are in-process (main() returns the exit code) with a tiny model on a t
 run takes about a second; the tests about signals and the wall-clock budget use real processes.
 """
 
+import json
+import math
 import os
 import pickle
 import random
@@ -17,6 +19,7 @@ import torch
 
 import ckpt
 from conftest import tiny_lm_args
+from data import record
 from data.config import apply_settings
 import infer
 import train_part
@@ -80,7 +83,6 @@ def test_epoch_boundary_and_files_of_a_run(tmp_path, corpus):
 
 
 def test_metrics_json_grows_across_parts(tmp_path, corpus):
-    import json
     out = tmp_path / "run"
     assert train(out, corpus, "--max-steps", "4") == 0
     assert train(out, corpus, "--max-steps", "8", part=2) == 0
@@ -89,7 +91,31 @@ def test_metrics_json_grows_across_parts(tmp_path, corpus):
     assert metrics["steps"] == list(range(1, 9))
     assert all(len(metrics[k]) == n for k in ("epochs", "learning_rate", "train_loss", "val_loss", "perplexity"))
     assert [v is not None for v in metrics["val_loss"]] == [s % 4 == 0 for s in metrics["steps"]]
-    assert metrics["parts"] == [{"part": 1, "start_step": 0}, {"part": 2, "start_step": 4}]
+    parts = metrics["parts"]
+    assert [(p["part"], p["start_step"], p["end_step"]) for p in parts] == [(1, 0, 4), (2, 4, 8)]
+    for p in parts:  # each part's step rate: of the whole part, and of its training steps alone
+        assert p["steps_per_hour"] == pytest.approx(4 / p["seconds"] * 3600, rel=0.01)
+        assert p["steps_per_second"] > p["steps_per_hour"] / 3600
+
+
+def test_the_plan_line_says_how_many_parts_are_left(tmp_path, corpus, capsys):
+    out = tmp_path / "run"  # 120 planned steps (10 epochs of 12)
+    assert train(out, corpus, "--max-steps", "6", "--budget-hours", "1") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan: ")]
+    assert lines[0] == "plan: step 0 of 120 (0.0%); 120 steps left, at a rate this part will measure"
+    rate = json.loads((out / "metrics.json").read_text())["parts"][0]["steps_per_hour"]
+    hours = 114 / rate
+    assert lines[1] == (f"plan: step 6 of 120 (5.0%); at part 1's {rate:,.0f} steps/h (start-up, evaluation and saves "
+                        f"included) the 114 steps left take {hours:.1f} h, {math.ceil(hours)} more part(s) of "
+                        f"--budget-hours 1")
+    assert train(out, corpus, "--max-steps", "9", "--budget-hours", "1", part=2) == 0
+    start, end = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan: ")]
+    assert start.startswith("plan: step 6 of 120 (5.0%); at part 1's ")
+    assert end.startswith("plan: step 9 of 120 (7.5%); at part 2's ")
+    history = {"parts": [{"part": 1, "start_step": 0, "steps_per_hour": 1000.0}]}
+    assert record.plan(history, 5000, 1000, 2).endswith("the 4,000 steps left take 4.0 h, 2 more part(s) of "
+                                                          "--budget-hours 2")
+    assert record.plan(history, 5000, 5000, 2) == "plan: step 5,000 of 5,000 (100.0%); nothing left to train"
 
 
 def test_learning_rate_plan():
