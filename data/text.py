@@ -50,7 +50,7 @@ def corpus_files(path=""):
     raise DataError(f"text data {path} does not exist")
 
 
-def text_pieces(files, block=READ_BLOCK, progress=None):
+def text_pieces(files, block=None, progress=None):
     """The corpus as a stream of strings whose concatenation is the files' texts joined by a blank
     line, read `block` bytes at a time, so a corpus of any size passes through bounded memory.
     Bytes that are not UTF-8 become U+FFFD and line ends become "\\n", as Python's text files do.
@@ -60,7 +60,7 @@ def text_pieces(files, block=READ_BLOCK, progress=None):
             yield "\n\n"
         lines = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(errors="replace"), translate=True)
         with open(path, "rb") as f:
-            while chunk := f.read(block):
+            while chunk := f.read(block or READ_BLOCK):
                 if progress:
                     progress(len(chunk))
                 yield lines.decode(chunk)
@@ -135,6 +135,7 @@ class GPT2Tokenizer:
     the merges in rank order inside each piece. Matches transformers' GPT2Tokenizer (tested)."""
 
     PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    CACHE_LIMIT = 1_000_000  # pieces remembered (a few hundred MB at most) before starting afresh
 
     def __init__(self, vocab, merges):
         import regex  # \p{L} (any letter) is not in the standard re module; transformers needs it too
@@ -147,7 +148,7 @@ class GPT2Tokenizer:
         self.char_to_byte = {c: b for b, c in self.byte_to_char.items()}
         self.pattern = regex.compile(self.PATTERN)
         self.vocab_size = max(self.vocab.values()) + 1
-        self.cache = {}
+        self.cache, self.ids_of_piece = {}, {}  # BPE of a word, and the ids of a piece of text
 
     @classmethod
     def from_folder(cls, folder):
@@ -183,10 +184,16 @@ class GPT2Tokenizer:
         return parts
 
     def encode(self, text):
-        ids = []
+        ids, known = [], self.ids_of_piece  # most pieces of a text are words seen before
         for piece in self.pattern.findall(text):
-            word = "".join(self.byte_to_char[b] for b in piece.encode("utf-8"))
-            ids.extend(self.vocab[token] for token in self.bpe(word))
+            found = known.get(piece)
+            if found is None:
+                if len(known) > self.CACHE_LIMIT:  # bounded memory on a corpus of many distinct words
+                    known.clear()
+                    self.cache.clear()
+                word = "".join(self.byte_to_char[b] for b in piece.encode("utf-8"))
+                found = known[piece] = [self.vocab[token] for token in self.bpe(word)]
+            ids += found
         return ids
 
     def decode(self, ids):
@@ -280,7 +287,8 @@ def describe_change(old, new):
         return f"it had {len(old_files)} files and has {len(new_files)}"
     changed = sorted(n for n in new_files if new_files[n] != old_files[n])
     sizes = sum(s for s, _ in old_files.values()), sum(s for s, _ in new_files.values())
-    return f"{', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed ({sizes[0]:,} bytes then, {sizes[1]:,} now)"
+    names = ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
+    return f"{names} changed ({sizes[0]:,} bytes then, {sizes[1]:,} now)"
 
 
 def encode_pieces(tokenizer, pieces, workers):
@@ -297,11 +305,11 @@ def encode_pieces(tokenizer, pieces, workers):
     return _in_workers(tokenizer, chunks, workers)
 
 
-def bpe_chunks(pieces, size=BPE_CHUNK):
+def bpe_chunks(pieces, size=None):
     """Regroups text pieces into chunks of about `size` characters, each cut just before a space that
     has a non-space on both sides: GPT-2's pattern never matches across such a cut (the word before
     ends there, " word" starts there, nothing looks behind), so chunks encode as the whole text does."""
-    buffer = ""
+    buffer, size = "", size or BPE_CHUNK
     for piece in pieces:
         buffer += piece
         while len(buffer) >= size:
@@ -353,7 +361,8 @@ class TokenFile:
         try:
             with safe_open(path, framework="numpy") as f:
                 meta, names = f.metadata() or {}, list(f.keys())
-                shape, dtype = (f.get_slice("tokens").get_shape(), f.get_slice("tokens").get_dtype()) if names == ["tokens"] else (None, None)
+                tensor = f.get_slice("tokens") if names == ["tokens"] else None
+                shape, dtype = (tensor.get_shape(), tensor.get_dtype()) if tensor is not None else (None, None)
             if meta.get("format") != TOKENS_FORMAT or len(shape or []) != 1 or dtype not in ("U8", "U16", "U32"):
                 raise ValueError("not a Baton token file")
             self.tokenizer = tokenizer_from_dict(json.loads(meta["tokenizer"]))
@@ -361,7 +370,8 @@ class TokenFile:
             with open(path, "rb") as f:
                 offset = 8 + struct.unpack("<Q", f.read(8))[0]
         except (SafetensorError, ValueError, KeyError, OSError, DataError) as e:
-            raise DataError(f"{path} is truncated, damaged or not a token file ({e})") from None
+            raise DataError(f"{path} is truncated, damaged or not a token file ({e}); copy it again, or give --data "
+                            f"the corpus to tokenize it anew") from None
         self.path = path
         self.tokens = np.memmap(path, dtype={"U8": np.uint8, "U16": np.uint16, "U32": np.uint32}[dtype], mode="r",
                                 offset=offset, shape=tuple(shape))
