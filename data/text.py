@@ -497,6 +497,8 @@ def build_token_file(files, corpus, tokenizer, path, workers=None):
             return types.SimpleNamespace(tokens=tokens, tokenizer=tokenizer, corpus=corpus, fingerprint=fingerprint,
                                          path=None)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        for stale in glob.glob(os.path.join(os.path.dirname(path), f".*{TOKENS_SUFFIX}.tmp*")):
+            os.remove(stale)  # left by a part killed while tokenizing: it would be saved with the output
         count = TokenFile.write(path, tokenizer, corpus, arrays)
     print(f"data: tokenized {total / 1e6:,.1f} MB into {count:,} tokens in {time.monotonic() - started:.1f} s ({path})")
     return TokenFile(path)

@@ -113,9 +113,12 @@ def test_a_truncated_token_file_is_refused_and_rebuilt_and_resume_stays_exact(tm
         f.truncate(os.path.getsize(path) - 7)
     with pytest.raises(text_data.DataError, match="truncated, damaged or not a token file"):
         text_data.TokenFile(path)
+    stale = tmp_path / "legs" / "tokens" / f".{os.path.basename(path)}.tmp12345"  # a part killed while tokenizing
+    stale.write_bytes(b"\0" * 1000)
     capsys.readouterr()
     assert train(tmp_path / "legs", corpus, "--max-steps", "10", part=2) == 0
     assert "building it again" in capsys.readouterr().out
+    assert not stale.exists()
     assert len(text_data.TokenFile(path).tokens) == os.path.getsize(corpus)
     a = ckpt.load(tmp_path / "straight" / "checkpoint_part1.safetensors")
     b = ckpt.load(tmp_path / "legs" / "checkpoint_part2.safetensors")
