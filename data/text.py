@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import glob
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -434,8 +435,9 @@ def token_file(cfg, saved, workdir, rank=0, workers=None):
     base = f"{kind}-{xxhash.xxh3_64(json.dumps([corpus, spec]).encode()).hexdigest()}"
     names = [base + TOKENS_SUFFIX] + ([f"{base}-{tokenizer_key(wanted)[:8]}{TOKENS_SUFFIX}"] if wanted else [])
     own = os.path.join(workdir, "tokens") if workdir else None
-    folders = [own] + ([os.path.join(os.path.dirname(saved.path), "tokens")] if saved else []) + kaggle_token_folders()
+    beside = [os.path.join(os.path.dirname(saved.path), "tokens")] if saved else []
     while True:
+        folders = itertools.chain([own], beside, kaggle_token_folders())
         found, free = _find_token_file(folders, names, corpus, wanted, own)
         if found or rank == 0:
             break
@@ -451,12 +453,18 @@ def tokenizer_key(tokenizer):
     return xxhash.xxh3_64(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def kaggle_token_folders(root="/kaggle/input"):
+def kaggle_token_folders(root="/kaggle/input", max_depth=4, big_folder=10_000):
     """Where attached datasets and notebook outputs may hold token files: each one's top folder, and
-    tokens/ folders down to the depth of a notebook output's runs/lm/tokens (patterns for glob)."""
-    if not os.path.isdir(root):
-        return []
-    return [os.path.join(root, "*")] + [os.path.join(root, *["*"] * depth, "tokens") for depth in range(1, 5)]
+    tokens/ folders down to a notebook output's runs/lm/tokens. Folders with more than `big_folder`
+    entries (a competition's audio) are not searched below, as checkpoint discovery does."""
+    base = root.rstrip(os.sep).count(os.sep)
+    for folder, dirs, files in os.walk(root):  # lazily: only walked when no nearer file is found
+        depth = folder.count(os.sep) - base
+        if depth == 1 or os.path.basename(folder) == "tokens":
+            yield folder
+        if depth >= max_depth or len(dirs) + len(files) > big_folder:
+            dirs[:] = []
+        dirs.sort()
 
 
 def _find_token_file(folders, names, corpus, wanted, own):
