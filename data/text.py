@@ -18,6 +18,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import struct
 import time
 import types
@@ -331,6 +332,10 @@ _worker_tokenizer = None
 
 def _start_worker(tokenizer_dict):
     global _worker_tokenizer
+    # A forked worker inherits train_part's handlers, which only note a SIGTERM: it must die of one
+    # (Pool.terminate), and leave Ctrl-C to the parent, which stops at the next step.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_tokenizer = tokenizer_from_dict(tokenizer_dict)
 
 
@@ -351,6 +356,8 @@ def _in_workers(tokenizer, chunks, workers):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+        pool.close()  # let the workers finish and exit, rather than be killed mid-task
+        pool.join()
 
 
 class TokenFile:
