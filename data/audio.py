@@ -8,17 +8,25 @@ mono float32 at 16 kHz and normalised per utterance as wav2vec2 expects; `collat
 and carries the true lengths with it. Transcripts are normalised (NFC, no punctuation) before
 they become CTC labels through `CharVocab`, which reads and writes Hugging Face's vocab.json.
 
+Checking a large manifest (reading it, a stat per clip) costs ~10 s at Bengali.AI's ~960k clips,
+the same for every part of a run; `manifest_check` keeps the outcome in the run folder
+(manifest_cache.npz) and later parts load it instead, to the same items in the same order.
+
 Nothing here is random: augmentation, if any, belongs to the model, so the data a step sees
 depends only on the sampler's order.
 """
 
+import collections.abc
 import csv
 import dataclasses
+import itertools
 import json
 import os
+import shutil
 import stat
 import typing
 import unicodedata
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +36,7 @@ import torchaudio.functional as AF
 import xxhash
 from tqdm import tqdm
 
+import ckpt
 import model as models
 from data import DataError, held_out
 from data.config import ConfigError, TrainConfig
@@ -97,15 +106,26 @@ def _audio_folder(folder, require_text):
 
 
 def _read_csv(path, require_text, split):
-    folder = os.path.dirname(os.path.abspath(path))
+    return list(_read_columns(path, require_text, split))
+
+
+def _read_rows(path):
+    """(column names, rows as lists of str). csv.reader, not DictReader: a dict per row costs
+    twice the time and memory on a million rows. Blank lines are skipped, as DictReader does."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate the BOM Excel writes
-            reader = csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ",")
-            columns = [c.strip() for c in reader.fieldnames or []]
-            reader.fieldnames = columns
-            rows = list(reader)
+            reader = csv.reader(f, delimiter="\t" if path.lower().endswith(".tsv") else ",")
+            columns = [c.strip() for c in next(reader, None) or []]
+            rows = [row for row in reader if row]
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path} is not a UTF-8 CSV file ({e})") from None
+    return columns, rows
+
+
+def _read_columns(path, require_text, split):
+    """The CSV's utterances as an `Utterances` of plain lists (see read_manifest for the layouts)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    columns, rows = _read_rows(path)
     if not columns:
         raise DataError(f"{path} is empty; it needs a header row with id (or path) and sentence columns")
     if "path" not in columns and "id" not in columns:
@@ -114,34 +134,109 @@ def _read_csv(path, require_text, split):
         raise DataError(f"{path} has no 'sentence' column (it has: {', '.join(columns)}); training needs transcripts")
     if not rows:
         raise DataError(f"{path} has a header but no rows")
-    if split is not None and "split" in columns:
-        rows = [r for r in rows if (r["split"] or "").strip() == split]
 
-    if "path" in columns:  # plain layout
-        def locate(row):
-            name = (row.get("path") or "").strip()
-            return os.path.join(folder, name) if name else ""  # join keeps an absolute path as it is
-    else:  # Bengali.AI layout
-        mp3s = os.path.join(folder, "train_mp3s")
-        if os.path.isdir(mp3s):
-            # The competition's layout; no listing of its ~960k names is needed.
-            def locate(row):
-                return os.path.join(mp3s, (row.get("id") or "").strip() + ".mp3")
-        else:
-            beside = {_stem(n): n for n in os.listdir(folder) if n.lower().endswith(AUDIO_SUFFIXES)}
+    def column(name):  # stripped cells; a short row's missing cells are ""
+        if name not in columns:
+            return None
+        j = columns.index(name)
+        return [row[j].strip() if j < len(row) else "" for row in rows]
 
-            def locate(row):
-                id_ = (row.get("id") or "").strip()
-                return os.path.join(folder, beside.get(id_, id_ + ".mp3"))  # a missing file is counted later
+    splits = column("split")
+    if split is not None and splits is not None:
+        chosen = [s == split for s in splits]
+        rows, splits = list(itertools.compress(rows, chosen)), list(itertools.compress(splits, chosen))
+    ids, sentences = column("id"), column("sentence")
+    if "path" in columns:  # plain layout: paths relative to the CSV's folder, or absolute
+        names = column("path")
+        ids = [id_ or _stem(name) for id_, name in zip(ids or [""] * len(names), names)]
+    elif os.path.isdir(os.path.join(folder, "train_mp3s")):
+        # The Bengali.AI layout; no listing of its ~960k names is needed.
+        names = ["train_mp3s" + os.sep + id_ + ".mp3" for id_ in ids]
+    else:  # Bengali.AI ids with the audio beside the CSV; a missing file is counted later
+        beside = {_stem(n): n for n in os.listdir(folder) if n.lower().endswith(AUDIO_SUFFIXES)}
+        names = [beside.get(id_, id_ + ".mp3") for id_ in ids]
+        ids = [id_ or _stem(name) for id_, name in zip(ids, names)]
+    empty = [""] * len(names)
+    return Utterances(folder, {"id": ids, "name": names, "sentence": sentences, "split": splits or empty})
 
-    utterances = []
-    for row in rows:
-        audio = locate(row)
-        id_ = (row.get("id") or "").strip() or _stem(audio)
-        sentence = row.get("sentence") if "sentence" in columns else None
-        utterances.append(Utterance(id_, audio, sentence if sentence is None else sentence.strip(),
-                                    (row.get("split") or "").strip() or None))
-    return utterances
+
+class Strings:
+    """A column of strings packed into two arrays: the UTF-8 bytes of all of them end to end, and
+    where each one starts (`offsets`, one more than there are strings).
+
+    Why: a million str objects cost ~100 bytes each, and a DataLoader worker (a forked process)
+    that merely reads them touches their reference counts, so the pages holding them are copied
+    into every worker (copy-on-write). Two arrays are read without being written to, shared by all
+    processes, and saved to a file as they are."""
+
+    def __init__(self, data, offsets):
+        self.data, self.offsets = data, offsets
+
+    @classmethod
+    def pack(cls, texts):
+        encoded = [t.encode() for t in texts]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
+
+    def subset(self, keep):
+        """The strings where the boolean mask `keep` is True, in order (no Python loop)."""
+        sizes = np.diff(self.offsets)
+        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(sizes[keep], out=offsets[1:])
+        return Strings(self.data[np.repeat(keep, sizes)], offsets)
+
+
+class Utterances(collections.abc.Sequence):
+    """A manifest's utterances held as columns: id, name (the audio path relative to `folder`, or
+    absolute), sentence and split ("" for none). Each column is a list of str while a manifest is
+    read and checked, and a packed `Strings` once kept (`packed`). Indexing gives an `Utterance`."""
+
+    COLUMNS = ("id", "name", "sentence", "split")
+
+    def __init__(self, folder, columns):
+        self.folder, self.columns = folder, columns
+
+    def __len__(self):
+        return len(self.columns["id"])
+
+    def __getitem__(self, i):
+        name, sentence = self.columns["name"][i], self.columns["sentence"]
+        return Utterance(self.columns["id"][i], os.path.join(self.folder, name) if name else "",
+                         None if sentence is None else sentence[i], self.columns["split"][i] or None)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def paths(self):
+        """Every audio path, as a list (one string concatenation each: a million joins cost ~1 s)."""
+        prefix = os.path.join(self.folder, "")
+        return [name if not name or os.path.isabs(name) else prefix + name for name in self.columns["name"]]
+
+    def column(self, name):
+        values = self.columns[name]
+        return values if isinstance(values, list) else [values[i] for i in range(len(values))]
+
+    def subset(self, keep):
+        """The utterances where the boolean mask `keep` is True, in order."""
+        def subset(values):
+            if values is None or isinstance(values, Strings):
+                return values if values is None else values.subset(keep)
+            return list(itertools.compress(values, keep))
+        return Utterances(self.folder, {name: subset(values) for name, values in self.columns.items()})
+
+    def packed(self):
+        return Utterances(self.folder, {name: Strings.pack(values) if isinstance(values, list) else values
+                                        for name, values in self.columns.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,19 +291,38 @@ def normalize_text(text, keep=None):
     ("don't" -> "dont"). Invisible format characters (zero-width joiner and non-joiner, BOM) are
     dropped: they change how a word is drawn, not how it sounds. Case is kept.
     """
-    keep = set(keep or ())
-    out = []
-    for c in unicodedata.normalize("NFC", text):
+    keep = frozenset(keep or ())
+    table = _TABLES.get(keep)
+    if table is None:
+        table = _TABLES[keep] = _Translation(keep)
+    return " ".join(unicodedata.normalize("NFC", text).translate(table).split())
+
+
+class _Translation(dict):
+    """normalize_text's str.translate table (code point -> replacement), filled in as characters
+    are first met: translate runs in C, where a loop over characters costs ~3x more (Bengali.AI's
+    ~960k sentences are normalised in ~2 s instead of ~6 s)."""
+
+    def __init__(self, keep):
+        super().__init__()
+        self.keep = keep
+
+    def __missing__(self, code):
+        c = chr(code)
         category = unicodedata.category(c)
-        if c in keep:
-            out.append(c)
+        if c in self.keep:
+            out = c
         elif c in "'’" or category == "Cf":
-            continue
+            out = ""
         elif category[0] == "P":
-            out.append(" ")
+            out = " "
         else:
-            out.append(c)
-    return " ".join("".join(out).split())
+            out = c
+        self[code] = out
+        return out
+
+
+_TABLES = {}  # frozenset(keep) -> its _Translation
 
 
 PAD, BOS, EOS, UNK, DELIM = "<pad>", "<s>", "</s>", "<unk>", "|"
@@ -266,10 +380,12 @@ class CharVocab:
     @classmethod
     def build(cls, sentences, keep=None):
         """The vocabulary of the normalised sentences: specials, then characters in code-point order."""
-        chars = set()
-        for s in sentences:
-            chars.update(normalize_text(s or "", keep))
-        chars -= {" ", DELIM}
+        return cls.of_texts(normalize_text(s or "", keep) for s in sentences)
+
+    @classmethod
+    def of_texts(cls, texts):
+        """`build` for texts normalised already."""
+        chars = set("".join(texts)) - {" ", DELIM}
         tokens = [PAD, BOS, EOS, UNK, DELIM] + sorted(chars)
         return cls({t: i for i, t in enumerate(tokens)})
 
@@ -351,13 +467,17 @@ def postprocess_bengali(text):
 # ---------------------------------------------------------------------------------------------
 
 
+HEADER_LIMIT = 20_000  # above this many clips, lengths are estimated from file sizes (AudioDataset)
+
+
 class AudioDataset(torch.utils.data.Dataset):
     """Utterances checked once, then served as {"audio", "labels", "id", "bad"} items.
 
     At construction every clip is checked (no sentence left after normalisation when a vocab is
     given, file missing, header unreadable, longer than max_seconds); failures are dropped and
     counted in `self.report`. `self.items` are the kept utterances and `self.lengths` their lengths
-    in 16 kHz samples (for length-grouped batches).
+    in 16 kHz samples (for length-grouped batches). `texts`, if given, are the sentences normalised
+    with the vocab's `keep` already (ASRData has them: it built the vocabulary from them).
 
     Reading every header costs ~0.15 ms per MP3 with a warm page cache, so a few minutes for the
     ~960k clips of Bengali.AI, and much more on a cold network disk. Above `header_limit` clips
@@ -366,64 +486,44 @@ class AudioDataset(torch.utils.data.Dataset):
     close for the rest. Such a manifest can still hold unreadable files; those come back from
     __getitem__ with `bad` set, and `collate` drops them, so training goes on.
 
+    Even one stat per clip is ~10 s at a million clips on a network disk, so the outcome of the
+    check (kept items, lengths, report) is what ASRData keeps in its manifest cache for later
+    parts, which build the dataset with `AudioDataset.checked` and touch no file.
+
     cache=True decodes every clip once here and keeps it in memory (the embedded sample is 47 MB
     decoded); lengths are then exact and an undecodable file is counted as unreadable up front.
     """
 
-    def __init__(self, utterances, vocab=None, max_seconds=None, cache=False, header_limit=20_000):
-        self.vocab = vocab
-        self.max_seconds = max_seconds
-        self.estimated = len(utterances) > header_limit and not cache
+    def __init__(self, utterances, vocab=None, max_seconds=None, cache=False, header_limit=HEADER_LIMIT, texts=None):
+        is_columns = isinstance(utterances, Utterances)
+        paths = utterances.paths() if is_columns else [u.path for u in utterances]
+        if vocab is not None and texts is None:
+            sentences = utterances.column("sentence") if is_columns else [u.sentence for u in utterances]
+            texts = [normalize_text(s or "", vocab.keep) for s in sentences]
+        estimated = len(paths) > header_limit and not cache
         counts = {"missing files": 0, "unreadable": 0, "empty sentences": 0}
-        too_long = 0
-        sizes = {}
-        candidates = []
-        for u in utterances:
-            if vocab is not None and not normalize_text(u.sentence or "", vocab.keep):
-                counts["empty sentences"] += 1
-                continue
-            try:
-                st = os.stat(u.path)  # one system call gives both existence and size
-            except OSError:
-                st = None
-            if st is None or not stat.S_ISREG(st.st_mode):
-                counts["missing files"] += 1
-                continue
-            sizes[u.path] = st.st_size
-            candidates.append(u)
-        bytes_per_second = _bytes_per_second(candidates, sizes) if self.estimated else None
-
-        self.items, self.lengths = [], []
-        self._audio = [] if cache else None  # decoded clips, parallel to self.items
-        for u in candidates:
-            audio = None
-            try:
-                if cache:
-                    audio = load_audio(u.path)
-                    length = len(audio)
-                elif self.estimated:
-                    length = round(sizes[u.path] / bytes_per_second[_suffix(u.path)] * SAMPLE_RATE)
-                else:
-                    length = round(audio_seconds(u.path) * SAMPLE_RATE)
-            except DataError:
-                length = 0
-            if length <= 0:
-                counts["unreadable"] += 1
-                continue
-            if max_seconds is not None and length > max_seconds * SAMPLE_RATE:
-                too_long += 1
-                continue
-            self.items.append(u)
-            self.lengths.append(length)
-            if cache:
-                self._audio.append(audio)
-
-        hours = sum(self.lengths) / SAMPLE_RATE / 3600
+        sizes = _file_sizes(paths, texts if vocab is not None else None, counts)
+        kept, lengths, audio, too_long = _clip_lengths(paths, sizes, max_seconds, cache, estimated, counts)
+        items = utterances.subset(kept) if is_columns else list(itertools.compress(utterances, kept))
         parts = [f"{n} {what}" for what, n in counts.items()]
         if max_seconds is not None:
             parts.append(f"{too_long} longer than {max_seconds:g} s")
-        self.report = (f"kept {len(self.items)} of {len(utterances)} clips ({hours:.2f} h"
-                       f"{', lengths estimated from file sizes' if self.estimated else ''}): {', '.join(parts)}")
+        hours = sum(lengths) / SAMPLE_RATE / 3600
+        report = (f"kept {len(items)} of {len(paths)} clips ({hours:.2f} h"
+                  f"{', lengths estimated from file sizes' if estimated else ''}): {', '.join(parts)}")
+        self._adopt(items, lengths, report, vocab, max_seconds, estimated, audio)
+
+    @classmethod
+    def checked(cls, items, lengths, report, vocab=None, max_seconds=None, estimated=False, audio=None):
+        """A dataset of clips checked before (by an earlier part: ASRData's manifest cache), taken as they are."""
+        dataset = cls.__new__(cls)
+        dataset._adopt(items, list(lengths), report, vocab, max_seconds, estimated, audio)
+        return dataset
+
+    def _adopt(self, items, lengths, report, vocab, max_seconds, estimated, audio):
+        self.items, self.lengths, self.report = items, lengths, report
+        self.vocab, self.max_seconds, self.estimated = vocab, max_seconds, estimated
+        self._audio = audio  # decoded clips, parallel to self.items (cache=True), else None
 
     def __len__(self):
         return len(self.items)
@@ -448,21 +548,73 @@ class AudioDataset(torch.utils.data.Dataset):
         return item
 
 
+def _file_sizes(paths, texts, counts):
+    """Each clip's file size, or -1 where it is dropped: its normalised sentence (`texts`, when
+    given) is empty, or its file is missing. One stat per clip gives both existence and size."""
+    sizes = [-1] * len(paths)
+    for i, path in enumerate(paths):
+        if texts is not None and not texts[i]:
+            counts["empty sentences"] += 1
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            counts["missing files"] += 1
+            continue
+        sizes[i] = st.st_size
+    return sizes
+
+
+def _clip_lengths(paths, sizes, max_seconds, decode, estimated, counts):
+    """(kept mask, lengths in samples, decoded clips or None, clips too long) of the clips with a
+    file (sizes >= 0): decoded (`decode`), estimated from sizes (`estimated`), or from headers."""
+    candidates = [i for i, size in enumerate(sizes) if size >= 0]
+    suffixes = [_suffix(path) if size >= 0 else "" for path, size in zip(paths, sizes)] if estimated else None
+    bytes_per_second = _bytes_per_second(candidates, paths, sizes, suffixes) if estimated else None
+    kept = np.zeros(len(paths), dtype=bool)
+    lengths, audio, too_long = [], [] if decode else None, 0
+    for i in candidates:
+        clip = None
+        try:
+            if decode:
+                clip = load_audio(paths[i])
+                length = len(clip)
+            elif estimated:
+                length = round(sizes[i] / bytes_per_second[suffixes[i]] * SAMPLE_RATE)
+            else:
+                length = round(audio_seconds(paths[i]) * SAMPLE_RATE)
+        except DataError:
+            length = 0
+        if length <= 0:
+            counts["unreadable"] += 1
+            continue
+        if max_seconds is not None and length > max_seconds * SAMPLE_RATE:
+            too_long += 1
+            continue
+        kept[i] = True
+        lengths.append(length)
+        if decode:
+            audio.append(clip)
+    return kept, lengths, audio, too_long
+
+
 def _suffix(path):
     return os.path.splitext(path)[1].lower()
 
 
-def _bytes_per_second(utterances, sizes, probe=32):
+def _bytes_per_second(candidates, paths, sizes, suffixes, probe=32):
     """File bytes per second of audio for each file suffix, from the headers of its first `probe` files."""
     tried, nbytes, seconds = {}, {}, {}
-    for u in utterances:
-        suffix = _suffix(u.path)
+    for i in candidates:
+        suffix = suffixes[i]
         if tried.get(suffix, 0) >= probe:
             continue
         tried[suffix] = tried.get(suffix, 0) + 1
         try:
-            seconds[suffix] = seconds.get(suffix, 0.0) + audio_seconds(u.path)
-            nbytes[suffix] = nbytes.get(suffix, 0) + sizes[u.path]
+            seconds[suffix] = seconds.get(suffix, 0.0) + audio_seconds(paths[i])
+            nbytes[suffix] = nbytes.get(suffix, 0) + sizes[i]
         except DataError:
             continue
     # A format with no readable probe gets a guess: lengths stay ordered by size, which is all
@@ -504,35 +656,29 @@ class ASRData:
 
     The split is the manifest's `split` column, or a hash of each id (`val_fraction`). The
     vocabulary is the checkpoint's when resuming (label ids keep their meaning), else built from
-    the training transcripts."""
+    the training transcripts.
+
+    What it is built from is a `ManifestCheck`: the usable training clips with their lengths, the
+    validation subset, the vocabulary and the fingerprint. Making one reads the whole CSV and
+    stats every file (~10 s or far more at Bengali.AI's ~960k clips), and it depends only on the
+    CSV and a few settings, so a run keeps it beside its checkpoints (see `manifest_check`) and a
+    later part loads it in a fraction of a second. Either way the same check gives the same data
+    object: the same items, lengths and therefore the same batches."""
 
     best_metric = "wer"  # picks best_model.safetensors (lower is better)
 
-    def __init__(self, utterances, cfg, device, rank=0, world=1, vocab=None):
-        if any(u.split for u in utterances):
-            train_utts = [u for u in utterances if u.split in (None, "", "train")]
-            val_utts = [u for u in utterances if u.split in ("valid", "validation", "val", "dev")]
-        else:
-            held = held_out([u.id for u in utterances], cfg.val_fraction)
-            train_utts = [u for u, h in zip(utterances, held) if not h]
-            val_utts = [u for u, h in zip(utterances, held) if h]
-        if not train_utts or not val_utts:
-            raise DataError(f"{cfg.data or 'the embedded sample'} gives {len(train_utts)} training and "
-                            f"{len(val_utts)} validation clips; both are needed")
-        self.vocab = vocab or CharVocab.build(normalize_text(u.sentence) for u in train_utts)
-        step = max(1, len(val_utts) // cfg.eval_max_clips)
-        # Decode once and keep in memory only when that is cheap: 2,000 clips of a few seconds are
-        # ~0.5 GB; a large set is decoded by the loader as it goes (Bengali.AI has ~960,000 clips).
-        small = len(utterances) <= 2_000
-        self.train = AudioDataset(train_utts, self.vocab, max_seconds=cfg.max_seconds, cache=small)
-        self.val = AudioDataset(val_utts[::step][:cfg.eval_max_clips], self.vocab, cache=True)
+    def __init__(self, check, cfg, device, rank=0, world=1):
+        self.vocab = check.vocab
+        self.train = AudioDataset.checked(check.train, check.lengths, check.report, self.vocab,
+                                          max_seconds=cfg.max_seconds, estimated=check.estimated, audio=check.audio)
+        self.val = AudioDataset(check.val, self.vocab, cache=True)  # <= eval_max_clips clips: cheap to check again
         self.device, self.batch_size, self.num_workers = device, cfg.batch_size, cfg.num_workers
         # This rank's share of the validation clips, in batches of similar length (they pad less).
         self.val_by_length = sorted(range(len(self.val)), key=lambda i: self.val.lengths[i])[rank::world]
         self.references = [normalize_text(item.sentence) for item in self.val.items]
-        self.fingerprint = xxhash.xxh3_64("\n".join(f"{u.id}\t{u.sentence}" for u in self.train.items).encode()).hexdigest()
-        self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True, lengths=self.train.lengths,
-                                    rank=rank, world_size=world)
+        self.fingerprint = check.fingerprint
+        self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True,
+                                    lengths=np.asarray(self.train.lengths), rank=rank, world_size=world)
         self.meta = {"vocab": self.vocab.to_dict()}
 
     def batches(self, index_batches, epoch):
@@ -626,10 +772,12 @@ class ASRConfig(TrainConfig):
 
 
 def build_asr(cfg, device, rank=0, world=1, saved=None, workdir=None):
-    """(model, data) of the asr task; `saved` is the checkpoint a run resumes from, or None."""
+    """(model, data) of the asr task; `saved` is the checkpoint a run resumes from, or None;
+    `workdir` the run's folder, where the manifest check is kept for later parts (None: not kept)."""
     # On resume, the checkpoint's vocabulary, so label ids keep their meaning.
     vocab = CharVocab.from_dict(saved.meta["task_meta"]["vocab"]) if saved else None
-    data = ASRData(read_manifest(cfg.data), cfg, device, rank, world, vocab=vocab)
+    check = manifest_check(cfg, vocab, workdir, saved, rank)
+    data = ASRData(check, cfg, device, rank, world)
     print(f"data: train: {data.train.report}\n      valid: {data.val.report}\n      vocabulary: {len(data.vocab)} symbols")
     if len(data.train) == 0 or len(data.val) == 0:
         raise DataError("no usable clips left after dropping the bad ones (see the counts above)")
@@ -641,6 +789,203 @@ def build_asr(cfg, device, rank=0, world=1, saved=None, workdir=None):
     if cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()
     return model, data
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest check, and its cache
+#
+# A part of a run reads the manifest, splits it, builds the vocabulary and checks every clip.
+# At Bengali.AI's ~960k rows that was most of the 20-35 s before a part's first step, and every
+# part did it again for the same answer. The answer depends only on the CSV's bytes and the
+# settings below (`_cache_key`), so rank 0 writes it to CACHE_NAME in the run folder, and a later
+# part that finds it (in its own folder, or beside the checkpoint it resumes: on Kaggle part 2's
+# output folder starts empty and part 1's output is attached read-only elsewhere) loads it
+# instead. The audio files are assumed unchanged; one that went bad since is still caught when
+# it is loaded (__getitem__ flags it, collate drops it).
+#
+# The format is NumPy's .npz (a zip of .npy arrays, read with allow_pickle=False, so loading it
+# runs no code): the packed string columns of the kept training clips and of the validation
+# subset, their lengths, and a JSON header (the key, vocabulary, report, fingerprint). The zip's
+# CRC-32s catch a damaged file; a damaged or stale cache is said in one line and made again.
+# ---------------------------------------------------------------------------------------------
+
+CACHE_NAME = "manifest_cache.npz"  # not .safetensors/.pt/.pth: checkpoint discovery skips it
+CACHE_FORMAT = 1  # raise when what is cached, or how the check decides, changes
+IN_MEMORY_CLIPS = 2_000  # manifests up to this size are decoded into memory; no cache (nothing to save)
+
+
+@dataclass
+class ManifestCheck:
+    """What checking a manifest found: everything ASRData needs that depends only on the data."""
+    vocab: CharVocab
+    train: Utterances  # the usable training clips, packed
+    lengths: list      # their lengths in samples
+    report: str        # what was kept and dropped, as AudioDataset words it
+    estimated: bool    # lengths from file sizes
+    val: Utterances    # the validation subset, before its own (cheap) check
+    fingerprint: str   # of the training ids and sentences, stored in checkpoints
+    audio: list = None  # decoded training clips when the manifest is small (never cached)
+
+
+def check_manifest(csv_path, cfg, vocab=None):
+    """The costly path: read the whole manifest, split it, build the vocabulary unless given, check every clip."""
+    manifest = _read_columns(csv_path, require_text=True, split=None)
+    splits = manifest.column("split")
+    if any(splits):
+        train_mask = np.array([s in ("", "train") for s in splits], dtype=bool)
+        val_mask = np.array([s in ("valid", "validation", "val", "dev") for s in splits], dtype=bool)
+    else:
+        val_mask = held_out(manifest.column("id"), cfg.val_fraction)
+        train_mask = ~val_mask
+    if not train_mask.any() or not val_mask.any():
+        raise DataError(f"{cfg.data or 'the embedded sample'} gives {int(train_mask.sum())} training and "
+                        f"{int(val_mask.sum())} validation clips; both are needed")
+    train = manifest.subset(train_mask)
+    # Normalised once, for both the vocabulary and the empty-sentence check (a vocabulary built
+    # here keeps no punctuation, so both want the same text).
+    texts = [normalize_text(s, vocab.keep if vocab else None) for s in train.column("sentence")]
+    vocab = vocab or CharVocab.of_texts(texts)
+    small = len(manifest) <= IN_MEMORY_CLIPS
+    clips = AudioDataset(train, vocab, max_seconds=cfg.max_seconds, cache=small, header_limit=HEADER_LIMIT, texts=texts)
+    # A fixed, evenly spread validation subset.
+    val_rows = np.flatnonzero(val_mask)
+    chosen = np.zeros(len(manifest), dtype=bool)
+    chosen[val_rows[::max(1, len(val_rows) // cfg.eval_max_clips)][:cfg.eval_max_clips]] = True
+    kept = clips.items
+    fingerprint = xxhash.xxh3_64("\n".join(f"{i}\t{s}" for i, s in zip(kept.column("id"), kept.column("sentence")))
+                                 .encode()).hexdigest()
+    return ManifestCheck(vocab, kept.packed(), clips.lengths, clips.report, clips.estimated,
+                         manifest.subset(chosen).packed(), fingerprint, clips._audio)
+
+
+def training_csv(path):
+    """The CSV a training manifest comes from, by read_manifest's rules (other inputs get its errors)."""
+    path = path or EMBEDDED
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "train.csv")):
+        return os.path.join(path, "train.csv")
+    if os.path.isfile(path) and not path.lower().endswith(AUDIO_SUFFIXES):
+        return path
+    read_manifest(path)  # raises why this is no training manifest
+    raise DataError(f"{path} is not a training manifest; give a CSV or a Bengali.AI folder")
+
+
+def manifest_check(cfg, vocab=None, workdir=None, saved=None, rank=0):
+    """The manifest's check: loaded from a cache that fits (in `workdir`, else beside the
+    checkpoint `saved`), or made (and cached in `workdir` by rank 0)."""
+    csv_path = training_csv(cfg.data)
+    if workdir is None:
+        return check_manifest(csv_path, cfg, vocab)
+    key = _cache_key(csv_path, cfg)
+    mine = os.path.join(workdir, CACHE_NAME)
+    places = [mine] + ([os.path.join(os.path.dirname(os.path.abspath(saved.path)), CACHE_NAME)]
+                       if getattr(saved, "path", None) else [])
+    for path in dict.fromkeys(os.path.realpath(p) for p in places if os.path.isfile(p)):
+        found, problem = _usable_cache(path, key, vocab, os.path.dirname(os.path.abspath(csv_path)))
+        if found is not None:
+            print(f"data: the manifest check of an earlier part is reused ({path}): no clip is checked again")
+            if rank == 0 and path != os.path.realpath(mine):  # so the next part finds it beside this part's checkpoints
+                _write_atomic(mine, lambda f: _copy_into(path, f))
+            return found
+        print(f"data: {problem} ({path}); it is checked again")
+        if rank == 0 and path == os.path.realpath(mine):
+            _remove(mine)
+    check = check_manifest(csv_path, cfg, vocab)
+    if rank == 0 and check.audio is None:
+        _write_atomic(mine, lambda f: _save_check(f, check, key))
+    return check
+
+
+def _cache_key(csv_path, cfg):
+    """What the check depends on besides the vocabulary: the CSV's bytes and the settings that decide what is kept."""
+    digest = xxhash.xxh3_64()
+    with open(csv_path, "rb") as f:  # ~0.05 s for Bengali.AI's 100 MB train.csv
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return {"format": CACHE_FORMAT, "manifest": f"{os.path.getsize(csv_path)} bytes, xxh3 {digest.hexdigest()}",
+            "max_seconds": cfg.max_seconds, "val_fraction": cfg.val_fraction, "eval_max_clips": cfg.eval_max_clips,
+            "header_limit": HEADER_LIMIT, "in_memory_clips": IN_MEMORY_CLIPS}
+
+
+def _usable_cache(path, key, vocab, folder):
+    """(the cached check, None) when the cache at `path` reads and fits; else (None, why not)."""
+    try:
+        check, cached_key = _load_check(path, folder)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, DataError) as e:
+        return None, f"the manifest cache is damaged ({type(e).__name__}: {e})"
+    if cached_key.get("manifest") != key["manifest"]:
+        return None, "the manifest changed since the cache was made"
+    changed = [k for k in key if cached_key.get(k) != key[k]]
+    if changed:
+        return None, f"{', '.join(changed)} changed since the manifest cache was made"
+    if vocab is not None and vocab.to_dict() != check.vocab.to_dict():
+        return None, "the checkpoint's vocabulary is not the one the manifest cache was made with"
+    return check, None
+
+
+def _save_check(f, check, key):
+    header = {"key": key, "vocab": check.vocab.to_dict(), "report": check.report, "estimated": check.estimated,
+              "fingerprint": check.fingerprint}
+    arrays = {"header": np.frombuffer(json.dumps(header, ensure_ascii=False).encode(), dtype=np.uint8),
+              "train.lengths": np.asarray(check.lengths, dtype=np.int64)}
+    for part, utterances in (("train", check.train), ("val", check.val)):
+        for name in Utterances.COLUMNS:
+            strings = utterances.columns[name]
+            arrays[f"{part}.{name}.data"], arrays[f"{part}.{name}.offsets"] = strings.data, strings.offsets
+    np.savez(f, **arrays)
+
+
+def _load_check(path, folder):
+    """(ManifestCheck, its key) from a cache file; audio paths are relative to `folder`, the CSV's
+    folder now (so a copy of the data in another place still fits). Raises ValueError if inconsistent."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {name: z[name] for name in z.files}  # reads every member: a bad CRC-32 raises here
+    header = json.loads(arrays["header"].tobytes().decode())
+    parts = {}
+    for part in ("train", "val"):
+        columns = {name: Strings(arrays[f"{part}.{name}.data"], arrays[f"{part}.{name}.offsets"])
+                   for name in Utterances.COLUMNS}
+        for strings in columns.values():
+            offsets = strings.offsets
+            if (strings.data.dtype != np.uint8 or offsets.dtype != np.int64 or offsets.ndim != 1 or len(offsets) < 1
+                    or offsets[0] != 0 or offsets[-1] != len(strings.data) or (np.diff(offsets) < 0).any()):
+                raise ValueError(f"a {part} column is inconsistent")
+        if len({len(strings) for strings in columns.values()}) != 1:
+            raise ValueError(f"the {part} columns differ in length")
+        parts[part] = Utterances(folder, columns)
+    lengths = arrays["train.lengths"]
+    if lengths.dtype != np.int64 or lengths.shape != (len(parts["train"]),) or (lengths <= 0).any():
+        raise ValueError("the clip lengths do not match the clips")
+    check = ManifestCheck(CharVocab(header["vocab"]), parts["train"], lengths.tolist(), str(header["report"]),
+                          bool(header["estimated"]), parts["val"], str(header["fingerprint"]))
+    return check, dict(header["key"])
+
+
+def _write_atomic(path, write):
+    """`write(f)` into a temporary file beside `path`, then renamed over it: a reader sees the old
+    file or the new one, never half of one. A failure (read-only or full disk) costs only the cache."""
+    tmp = ckpt.temp_path(path)  # ckpt.remove_stale_temp_files knows the name, should a kill leave it
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        print(f"note: the manifest cache could not be written to {path} ({e.strerror or e}); the next part checks "
+              f"the manifest again")
+
+
+def _copy_into(path, f):
+    with open(path, "rb") as src:
+        shutil.copyfileobj(src, f)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
