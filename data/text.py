@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xxhash
 
+import ckpt
 import model as models
 from data import DataError
 from data.config import ConfigError, TrainConfig
@@ -420,7 +421,7 @@ def token_file(cfg, saved, workdir, rank=0, workers=None):
     """The tokens of the corpus `cfg.data`, built once and reused by every later part.
 
     A token file is looked for in the run folder's tokens/, beside the checkpoint being resumed and
-    under /kaggle/input; it is used when it opens (a truncated or damaged one is said and, in the
+    under /kaggle/input (BATON_INPUT_ROOTS); it is used when it opens (a truncated or damaged one is said and, in the
     run folder, rebuilt), was made from a corpus with the same identity, and holds the tokenizer
     the run needs: the checkpoint's when resuming, so token ids keep their meaning. Otherwise rank
     0 tokenizes the corpus into the run folder, in bounded memory, with BPE on every core; other
@@ -444,7 +445,8 @@ def token_file(cfg, saved, workdir, rank=0, workers=None):
     own = os.path.join(workdir, "tokens") if workdir else None
     beside = [os.path.join(os.path.dirname(saved.path), "tokens")] if saved else []
     while True:
-        folders = itertools.chain([own], beside, kaggle_token_folders())
+        inputs = (folder for root in ckpt.input_roots(own)[1:] for folder in input_token_folders(root))
+        folders = itertools.chain([own], beside, inputs)
         found, free = _find_token_file(folders, names, corpus, wanted, own)
         if found or rank == 0:
             break
@@ -460,10 +462,11 @@ def tokenizer_key(tokenizer):
     return xxhash.xxh3_64(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def kaggle_token_folders(root="/kaggle/input", max_depth=4, big_folder=10_000):
-    """Where attached datasets and notebook outputs may hold token files: each one's top folder, and
-    tokens/ folders down to a notebook output's runs/lm/tokens. Folders with more than `big_folder`
-    entries (a competition's audio) are not searched below, as checkpoint discovery does."""
+def input_token_folders(root, max_depth=4, big_folder=10_000):
+    """Where the datasets and notebook outputs attached under `root` (/kaggle/input, or the roots
+    of BATON_INPUT_ROOTS as for checkpoints) may hold token files: each one's top folder, and tokens/
+    folders down to a notebook output's runs/lm/tokens. Folders with more than `big_folder` entries
+    (a competition's audio) are not searched below, as checkpoint discovery does."""
     base = root.rstrip(os.sep).count(os.sep)
     for folder, dirs, files in os.walk(root):  # lazily: only walked when no nearer file is found
         depth = folder.count(os.sep) - base

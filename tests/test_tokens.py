@@ -87,7 +87,7 @@ def test_a_later_part_reuses_the_token_file(tmp_path, corpus, monkeypatch, capsy
     assert "read-only; not copied" in capsys.readouterr().out
     assert not (tmp_path / "fresh" / "tokens").exists()
     # A dataset or notebook output attached under /kaggle/input is searched by the file's name.
-    folders = text_data.kaggle_token_folders(str(tmp_path / "input"))
+    folders = text_data.input_token_folders(str(tmp_path / "input"))
     assert any(glob.glob(os.path.join(folder, built[0])) for folder in folders)
 
 
