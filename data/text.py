@@ -421,8 +421,8 @@ def token_file(cfg, saved, workdir, rank=0, workers=None):
     """The tokens of the corpus `cfg.data`, built once and reused by every later part.
 
     A token file is looked for in the run folder's tokens/, beside the checkpoint being resumed and
-    under /kaggle/input (BATON_INPUT_ROOTS); it is used when it opens (a truncated or damaged one is said and, in the
-    run folder, rebuilt), was made from a corpus with the same identity, and holds the tokenizer
+    under /kaggle/input (BATON_INPUT_ROOTS); it is used when it opens (a truncated or damaged one is
+    said and, in the run folder, rebuilt), was made from a corpus with the same identity, and holds the tokenizer
     the run needs: the checkpoint's when resuming, so token ids keep their meaning. Otherwise rank
     0 tokenizes the corpus into the run folder, in bounded memory, with BPE on every core; other
     ranks wait for the file. `cfg.data` may also name a token file itself (a corpus tokenized
@@ -482,15 +482,18 @@ def _find_token_file(folders, names, corpus, wanted, own):
     free = next((n for n in names if not os.path.exists(os.path.join(own, n))), names[-1]) if own else None
     for folder in filter(None, folders):
         for name in names:
-            for path in sorted(glob.glob(os.path.join(folder, name))):
-                try:
-                    found = TokenFile(path)
-                except DataError as e:
-                    print(f"warning: {e}; " + ("building it again" if os.path.dirname(path) == own else "not used"))
-                    free = name if os.path.dirname(path) == own else free
-                    continue
-                if found.corpus == corpus and (wanted is None or found.tokenizer.to_dict() == wanted.to_dict()):
-                    return found, free
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                found = TokenFile(path)
+            except DataError as e:
+                mine = folder == own
+                print(f"warning: {e}; " + ("building it again" if mine else "not used"))
+                free = name if mine else free
+                continue
+            if found.corpus == corpus and (wanted is None or found.tokenizer.to_dict() == wanted.to_dict()):
+                return found, free
     return None, free
 
 
