@@ -269,16 +269,30 @@ def temp_path(path, suffix=""):
     return os.path.join(folder, f".{name}.tmp{os.getpid()}{suffix}")
 
 
-def write_text_atomic(path, text):
-    """Atomically replace a small text file (latest.txt, metrics.json)."""
+def write_atomic(path, write):
+    """Atomically replace `path` with what `write(f)` writes into a binary file: a temp file beside
+    it, fsync, rename, fsync the folder. A reader sees the old file or the new one, never half of
+    one; on an error the temp file is removed and the error raised."""
     path = os.fspath(path)
     tmp = temp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_text_atomic(path, text):
+    """Atomically replace a small text file (latest.txt, metrics.json)."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 # -----------------------------------------------------------------------------

@@ -961,17 +961,10 @@ def _load_check(path, folder):
 
 
 def _write_atomic(path, write):
-    """`write(f)` into a temporary file beside `path`, then renamed over it: a reader sees the old
-    file or the new one, never half of one. A failure (read-only or full disk) costs only the cache."""
-    tmp = ckpt.temp_path(path)  # ckpt.remove_stale_temp_files knows the name, should a kill leave it
+    """ckpt.write_atomic, where a failure (read-only or full disk) costs only the cache."""
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        ckpt.write_atomic(path, write)
     except OSError as e:
-        _remove(tmp)
         print(f"note: the manifest cache could not be written to {path} ({e.strerror or e}); the next part checks "
               f"the manifest again")
 

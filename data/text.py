@@ -11,7 +11,6 @@ checkpoint, so inference decodes exactly as training encoded.
 import codecs
 import collections
 import dataclasses
-import glob
 import io
 import itertools
 import json
@@ -401,9 +400,10 @@ class TokenFile:
                                "__metadata__": meta}).encode()
 
         room = -(-len(header(10 ** 15)) // 8) * 8  # the longest header any count gives, 8-byte aligned
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
         count = 0
-        with open(tmp, "wb") as f:
+
+        def fill(f):
+            nonlocal count
             f.write(b"\0" * (8 + room))
             for ids in token_arrays:
                 f.write(ids.astype(dtype, copy=False).tobytes())
@@ -411,9 +411,8 @@ class TokenFile:
                 count += len(ids)
             f.seek(0)
             f.write(struct.pack("<Q", room) + header(count).ljust(room))  # safetensors allows space padding
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+
+        ckpt.write_atomic(path, fill)
         return count
 
 
@@ -518,8 +517,7 @@ def build_token_file(files, corpus, tokenizer, path, workers=None):
             return types.SimpleNamespace(tokens=tokens, tokenizer=tokenizer, corpus=corpus, fingerprint=fingerprint,
                                          path=None)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        for stale in glob.glob(os.path.join(os.path.dirname(path), f".*{TOKENS_SUFFIX}.tmp*")):
-            os.remove(stale)  # left by a part killed while tokenizing: it would be saved with the output
+        ckpt.remove_stale_temp_files(os.path.dirname(path))  # a killed part's: it would be saved with the output
         count = TokenFile.write(path, tokenizer, corpus, arrays)
     print(f"data: tokenized {total / 1e6:,.1f} MB into {count:,} tokens in {time.monotonic() - started:.1f} s ({path})")
     return TokenFile(path)
