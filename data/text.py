@@ -314,17 +314,27 @@ def bpe_chunks(pieces, size=None):
     buffer, size = "", size or BPE_CHUNK
     for piece in pieces:
         buffer += piece
-        while len(buffer) >= size:
-            cut = buffer.rfind(" ", 1, len(buffer) - 1)
-            while cut > 0 and (buffer[cut - 1].isspace() or buffer[cut + 1].isspace()):
-                cut = buffer.rfind(" ", 1, cut)
-            if cut <= 0 and len(buffer) < 16 * size:
+        start = 0
+        while len(buffer) - start >= size:
+            # The last cut point in the next `size` characters, else the last in what has been read.
+            last = len(buffer) - 1  # a cut point needs the character after its space
+            cut = _cut_point(buffer, start, min(start + size, last)) or _cut_point(buffer, start, last)
+            if cut is None and len(buffer) - start < 16 * size:
                 break  # no cut point yet (text without spaces): read on
-            cut = cut if cut > 0 else len(buffer)
-            yield buffer[:cut]
-            buffer = buffer[cut:]
+            cut = cut or len(buffer)
+            yield buffer[start:cut]
+            start = cut
+        buffer = buffer[start:]
     if buffer:
         yield buffer
+
+
+def _cut_point(text, start, end):
+    """The last position in (start, end) of a space with a non-space on both sides, or None."""
+    cut = text.rfind(" ", start + 1, end)
+    while cut > start and (text[cut - 1].isspace() or text[cut + 1].isspace()):
+        cut = text.rfind(" ", start + 1, cut)
+    return cut if cut > start else None
 
 
 _worker_tokenizer = None
