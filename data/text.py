@@ -259,6 +259,9 @@ TOKENS_SUFFIX = ".tokens"
 BPE_CHUNK = 1 << 20  # characters per job for the BPE workers
 
 
+TOKEN_DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32}  # safetensors' names
+
+
 def token_dtype(vocab_size):
     return np.uint8 if vocab_size <= 1 << 8 else np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
@@ -381,7 +384,7 @@ class TokenFile:
                 meta, names = f.metadata() or {}, list(f.keys())
                 tensor = f.get_slice("tokens") if names == ["tokens"] else None
                 shape, dtype = (tensor.get_shape(), tensor.get_dtype()) if tensor is not None else (None, None)
-            if meta.get("format") != TOKENS_FORMAT or len(shape or []) != 1 or dtype not in ("U8", "U16", "U32"):
+            if meta.get("format") != TOKENS_FORMAT or len(shape or []) != 1 or dtype not in TOKEN_DTYPES:
                 raise ValueError("not a Baton token file")
             self.tokenizer = tokenizer_from_dict(json.loads(meta["tokenizer"]))
             self.corpus, self.fingerprint = json.loads(meta["corpus"]), meta["fingerprint"]
@@ -391,8 +394,7 @@ class TokenFile:
             raise DataError(f"{path} is truncated, damaged or not a token file ({e}); copy it again, or give --data "
                             f"the corpus to tokenize it anew") from None
         self.path = path
-        self.tokens = np.memmap(path, dtype={"U8": np.uint8, "U16": np.uint16, "U32": np.uint32}[dtype], mode="r",
-                                offset=offset, shape=tuple(shape))
+        self.tokens = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r", offset=offset, shape=tuple(shape))
 
     @staticmethod
     def write(path, tokenizer, corpus, token_arrays):
@@ -405,7 +407,7 @@ class TokenFile:
             meta = {"format": TOKENS_FORMAT, "tokenizer": json.dumps(tokenizer.to_dict()), "corpus": json.dumps(corpus),
                     "fingerprint": fingerprint.hexdigest()}
             nbytes = count * np.dtype(dtype).itemsize
-            name = {np.uint8: "U8", np.uint16: "U16", np.uint32: "U32"}[dtype]
+            name = next(name for name, known in TOKEN_DTYPES.items() if known is dtype)
             return json.dumps({"tokens": {"dtype": name, "shape": [count], "data_offsets": [0, nbytes]},
                                "__metadata__": meta}).encode()
 
@@ -448,9 +450,10 @@ def token_file(cfg, saved, workdir, rank=0, workers=None):
     kind = wanted.to_dict()["kind"] if wanted else cfg.tokenizer
     if wanted is None and kind != "char":  # a char vocabulary is made from the text, while it is read
         wanted = make_tokenizer(kind, folder=cfg.pretrained)
-    spec = kind if kind != "gpt2" else f"gpt2:{tokenizer_key(wanted)}"
+    key = tokenizer_key(wanted) if wanted else None
+    spec = kind if kind != "gpt2" else f"gpt2:{key}"
     base = f"{kind}-{xxhash.xxh3_64(json.dumps([corpus, spec]).encode()).hexdigest()}"
-    names = [base + TOKENS_SUFFIX] + ([f"{base}-{tokenizer_key(wanted)[:8]}{TOKENS_SUFFIX}"] if wanted else [])
+    names = [base + TOKENS_SUFFIX] + ([f"{base}-{key[:8]}{TOKENS_SUFFIX}"] if wanted else [])
     own = os.path.join(workdir, "tokens") if workdir else None
     beside = [os.path.join(os.path.dirname(saved.path), "tokens")] if saved else []
     while True:
@@ -572,15 +575,14 @@ class LMData:
 
     best_metric = "val_loss"  # picks best_model.safetensors (lower is better)
 
-    def __init__(self, tokens, tokenizer, cfg, device, rank=0, world=1, fingerprint=None):
+    def __init__(self, tokens, tokenizer, fingerprint, cfg, device, rank=0, world=1):
         n_val = int(len(tokens) * cfg.val_fraction)
         self.train = TokenWindows(tokens[:-n_val], cfg.block_size, cfg.seed)
         self.val = TokenWindows(tokens[-n_val:], cfg.block_size, cfg.seed)
         self.device, self.batch_size = device, cfg.batch_size
         n_eval = min(len(self.val), cfg.eval_batches * cfg.batch_size)
         self.eval_indices = np.linspace(0, len(self.val) - 1, n_eval).round().astype(int).tolist()[rank::world]
-        # To warn when the data changes: a hash of the tokens as int64, which a token file carries.
-        self.fingerprint = fingerprint or xxhash.xxh3_64(np.asarray(tokens, dtype=np.int64).tobytes()).hexdigest()
+        self.fingerprint = fingerprint  # to warn when the data changes: the token file's hash of its tokens
         self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True, drop_last=True,
                                     rank=rank, world_size=world)
         self.meta = {"tokenizer": tokenizer.to_dict()}  # what inference needs besides the weights
@@ -642,7 +644,7 @@ def build_lm(cfg, device, rank=0, world=1, saved=None, workdir=None):
         print(f"note: the corpus {cfg.data or DEFAULT_CORPUS} is not the one the checkpoint trained on "
               f"({describe_change(before, source.corpus)}); its tokens were made again with the checkpoint's tokenizer")
     tokens, tokenizer = source.tokens, source.tokenizer
-    data = LMData(tokens, tokenizer, cfg, device, rank, world, source.fingerprint)
+    data = LMData(tokens, tokenizer, source.fingerprint, cfg, device, rank, world)
     data.meta["corpus"] = source.corpus
     print(f"data: {len(tokens):,} tokens ({tokenizer.to_dict()['kind']} tokenizer, vocab {tokenizer.vocab_size}); "
           f"{len(data.train):,} train / {len(data.val):,} val windows of {cfg.block_size}")
