@@ -28,3 +28,14 @@ def tiny_lm_args(**overrides):
                     eval_every_steps=4, eval_batches=2, warmup_steps=3, log_every_steps=1, save_every_steps=0)
     settings.update(overrides)
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
+def assert_same_tensors(a, b, sections=("model", "optimizer", "rng")):
+    """Two loaded checkpoints hold bit-identical tensors in these sections of their training state."""
+    import torch
+    import ckpt
+    for section in sections:
+        ta, tb = ckpt.flatten_state(a.state[section])[0], ckpt.flatten_state(b.state[section])[0]
+        assert ta.keys() == tb.keys(), section
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f"{section}.{k} differs"

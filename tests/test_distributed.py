@@ -10,7 +10,7 @@ import time
 import torch
 
 import ckpt
-from conftest import tiny_lm_args
+from conftest import assert_same_tensors, tiny_lm_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1,680 bytes -> 23 micro-batches of 4 -> 11 per rank with 2 ranks -> 6 steps per epoch (grad_accum 2)
@@ -54,9 +54,7 @@ def test_resume_with_two_processes_is_bit_identical(tmp_path, corpus):
     finish(launch(tmp_path / "legs", corpus, "--max-steps", "9", "--part", "2"))
     a = ckpt.load(tmp_path / "straight" / "checkpoint_part1.safetensors")
     b = ckpt.load(tmp_path / "legs" / "checkpoint_part2.safetensors")
-    for section in ("model", "optimizer", "rng"):
-        ta, tb = tensors(a, section), tensors(b, section)
-        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), section
+    assert_same_tensors(a, b)
     ha = {k: v for k, v in a.state["history"].items() if k != "parts"}
     hb = {k: v for k, v in b.state["history"].items() if k != "parts"}
     assert ha == hb

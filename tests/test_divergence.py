@@ -22,7 +22,7 @@ import ckpt
 from data import divergence
 from data import record
 import train_part
-from conftest import tiny_lm_args
+from conftest import assert_same_tensors, tiny_lm_args
 from test_asr import TINY as ASR_TINY
 from test_asr import clips  # noqa: F401  (a fixture)
 from test_reg import BOTH, TINY as REG_TINY
@@ -162,9 +162,7 @@ def test_a_save_the_clock_asks_for_writes_nothing_from_a_diverged_state(tmp_path
 
 def assert_same_training(a, b):
     assert a.meta["global_step"] == b.meta["global_step"]
-    for section in ("model", "optimizer", "rng", "scaler"):
-        ta, tb = ckpt.flatten_state(a.state[section])[0], ckpt.flatten_state(b.state[section])[0]
-        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), section
+    assert_same_tensors(a, b, ("model", "optimizer", "rng", "scaler"))
     def same_run(history):  # which part a recovery happened in is the one thing allowed to differ
         events = [{k: v for k, v in e.items() if k != "part"} for e in history["recoveries"]]
         return {**{k: v for k, v in history.items() if k != "parts"}, "recoveries": events}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ckpt
+from conftest import assert_same_tensors
 from data import audio
 from data.config import apply_settings
 import test_asr
@@ -65,9 +66,7 @@ def test_later_parts_reuse_the_check_in_their_folder_or_beside_the_checkpoint_an
     assert len(cached) == 2  # the whole run's part 1 and s1's: neither later part checked the manifest
     a = ckpt.load(tmp_path / "whole" / "checkpoint_part1.safetensors")
     b = ckpt.load(tmp_path / "s2" / "checkpoint_part3.safetensors")
-    for section in ("model", "optimizer", "rng"):
-        fa, fb = ckpt.flatten_state(a.state[section])[0], ckpt.flatten_state(b.state[section])[0]
-        assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa), section
+    assert_same_tensors(a, b)
     assert a.state["history"]["train_loss"] == b.state["history"]["train_loss"]
 
 

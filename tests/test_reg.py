@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ckpt
+from conftest import assert_same_tensors
 import infer
 import train_part
 from data import DataError
@@ -118,9 +119,7 @@ def test_interrupted_run_is_bit_identical(tmp_path, small_table):
     assert train(tmp_path / "b", small_table, "--max-steps", "9", *BOTH, part=2) == 0
     a = ckpt.load(tmp_path / "a" / "checkpoint_part1.safetensors")
     b = ckpt.load(tmp_path / "b" / "checkpoint_part2.safetensors")
-    for section in ("model", "optimizer", "rng"):
-        fa, fb = ckpt.flatten_state(a.state[section])[0], ckpt.flatten_state(b.state[section])[0]
-        assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa), section
+    assert_same_tensors(a, b)
     assert a.state["history"]["smape"] == b.state["history"]["smape"]
 
 

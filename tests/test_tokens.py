@@ -14,7 +14,7 @@ import pytest
 import xxhash
 
 import ckpt
-from conftest import tiny_lm_args
+from conftest import assert_same_tensors, tiny_lm_args
 from data import text as text_data
 import train_part
 
@@ -120,10 +120,8 @@ def test_a_truncated_token_file_is_refused_and_rebuilt_and_resume_stays_exact(tm
     assert "building it again" in capsys.readouterr().out
     assert not stale.exists()
     assert len(text_data.TokenFile(path).tokens) == os.path.getsize(corpus)
-    a = ckpt.load(tmp_path / "straight" / "checkpoint_part1.safetensors")
-    b = ckpt.load(tmp_path / "legs" / "checkpoint_part2.safetensors")
-    for name, tensor in a.state["model"].items():
-        assert tensor.equal(b.state["model"][name]), name
+    assert_same_tensors(ckpt.load(tmp_path / "straight" / "checkpoint_part1.safetensors"),
+                        ckpt.load(tmp_path / "legs" / "checkpoint_part2.safetensors"))
 
 
 def test_the_data_may_be_a_token_file_alone(tmp_path, corpus):
@@ -134,8 +132,7 @@ def test_the_data_may_be_a_token_file_alone(tmp_path, corpus):
     a = ckpt.load(tmp_path / "with_corpus" / "checkpoint_part1.safetensors")
     b = ckpt.load(tmp_path / "with_tokens" / "checkpoint_part1.safetensors")
     assert a.meta["data_fingerprint"] == b.meta["data_fingerprint"]
-    for name, tensor in a.state["model"].items():
-        assert tensor.equal(b.state["model"][name]), name
+    assert_same_tensors(a, b)
     with open(path, "r+b") as f:
         f.truncate(100)
     assert train(tmp_path / "bad", path, "--max-steps", "5") == 2  # nothing to rebuild it from: one sentence
