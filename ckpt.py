@@ -475,6 +475,19 @@ class Found:
     problem: str = None    # why the file cannot be used; None when its header reads
 
 
+def walk_inputs(root, max_depth=6, big_folder=10_000):
+    """(folder, depth below root, file names) of every folder under `root`, in sorted order, not
+    below `max_depth` or below a folder of more than `big_folder` entries (a competition's audio),
+    so a walk of /kaggle/input stays quick. Lazy: a caller that has found what it wants stops it."""
+    base_depth = root.rstrip(os.sep).count(os.sep)
+    for folder, dirs, files in os.walk(root):
+        depth = folder.count(os.sep) - base_depth
+        if depth >= max_depth or len(dirs) + len(files) > big_folder:
+            dirs[:] = []
+        dirs.sort()
+        yield folder, depth, files
+
+
 def scan(roots, max_depth=6, big_folder=10_000):
     """Every checkpoint-like file under `roots`, with what its header says.
 
@@ -488,11 +501,7 @@ def scan(roots, max_depth=6, big_folder=10_000):
     for root in roots:
         if not root or not os.path.isdir(root):
             continue
-        base_depth = root.rstrip(os.sep).count(os.sep)
-        for folder, dirs, files in os.walk(root):
-            if folder.count(os.sep) - base_depth >= max_depth or len(dirs) + len(files) > big_folder:
-                dirs[:] = []
-            dirs.sort()
+        for folder, _, files in walk_inputs(root, max_depth, big_folder):
             for name in sorted(files):
                 if name.startswith(".") or not name.endswith((".safetensors", ".pt", ".pth")):
                     continue

@@ -474,19 +474,13 @@ def tokenizer_key(tokenizer):
     return xxhash.xxh3_64(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def input_token_folders(root, max_depth=4, big_folder=10_000):
+def input_token_folders(root, max_depth=4):
     """Where the datasets and notebook outputs attached under `root` (/kaggle/input, or the roots
     of BATON_INPUT_ROOTS as for checkpoints) may hold token files: each one's top folder, and tokens/
-    folders down to a notebook output's runs/lm/tokens. Folders with more than `big_folder` entries
-    (a competition's audio) are not searched below, as checkpoint discovery does."""
-    base = root.rstrip(os.sep).count(os.sep)
-    for folder, dirs, files in os.walk(root):  # lazily: only walked when no nearer file is found
-        depth = folder.count(os.sep) - base
+    folders down to a notebook output's runs/lm/tokens, walked as checkpoint discovery walks."""
+    for folder, depth, _ in ckpt.walk_inputs(root, max_depth):
         if depth == 1 or os.path.basename(folder) == "tokens":
             yield folder
-        if depth >= max_depth or len(dirs) + len(files) > big_folder:
-            dirs[:] = []
-        dirs.sort()
 
 
 def _find_token_file(folders, names, corpus, wanted, own):
