@@ -443,11 +443,11 @@ def sentences_of(path):
     """The normalised sentences of a text file (one a line) or of a manifest's `sentence` column
     (its training rows only, when it has a `split` column): what a decoding LM is built from."""
     if path.lower().endswith((".csv", ".tsv")):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ",")
-            if "sentence" not in (reader.fieldnames or []):
-                raise DataError(f"{path} has no 'sentence' column to build a language model from")
-            texts = [row["sentence"] or "" for row in reader if row.get("split", "train") in ("train", "")]
+        columns, rows = _read_rows(path)
+        if "sentence" not in columns:
+            raise DataError(f"{path} has no 'sentence' column to build a language model from")
+        rows = [dict(itertools.zip_longest(columns, row)) for row in rows]  # a short row's cells: None
+        texts = [row.get("sentence") or "" for row in rows if row.get("split", "train") in ("train", "")]
     else:
         with open(path, encoding="utf-8") as f:
             texts = f.read().splitlines()
