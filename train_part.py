@@ -716,24 +716,17 @@ class Position:
 def restore(part, saved):
     """Load a checkpoint into the part: weights, optimizer, scaler, position, record, RNG."""
     ckpt.check_compatible(saved, part.model.state_dict())
-    part.model.load_state_dict(saved.state["model"])
     if saved.meta.get("kind") != "train":
+        part.model.load_state_dict(saved.state["model"])
         return initialise_from(part, saved)
-    try:
-        part.optimizer.load_state_dict(saved.state["optimizer"])
-    except ValueError as e:
+    try:  # the whole state, as a roll-back loads it; the RNG last, after all that draws from it is built
+        roll_back(part, saved.state, whole=True)
+    except ValueError as e:  # from the optimizer's load
         raise ConfigError(f"the optimizer state in {saved.path} does not fit this run's trainable parameters ({e}); "
                           f"was freeze_feature_encoder changed?") from None
-    if saved.state.get("scaler") and part.scaler.is_enabled():
-        part.scaler.load_state_dict(saved.state["scaler"])
     if saved.meta.get("data_fingerprint") != part.data.fingerprint:
         print("warning: the training data differs from the checkpoint's; the data order will differ")
-    position = part.position = Position(**saved.state["progress"])
-    part.best, part.history = dict(saved.state["best"]), saved.state["history"]
-    if saved.state.get("watch"):  # the sums since the last log: the next log covers the same steps
-        part.watch.load_state_dict(saved.state["watch"])
-    restore_rng_of_rank(part, saved.state["rng"])  # last, after everything that draws random numbers is built
-    saved_world, world = saved.meta.get("world_size", 1), part.ranks.world
+    position, saved_world, world = part.position, saved.meta.get("world_size", 1), part.ranks.world
     if saved_world != world:
         # Batches are dealt to ranks in turn, so batch b of each of W ranks is global batch b * W:
         # continue from the same global sample position.
@@ -777,8 +770,9 @@ def good_state(part):
 
 
 def roll_back(part, state, whole=False):
-    """Load a good state's weights, AdamW moments and loss scale; with `whole`, its position, record
-    and RNG too, as if the steps since had never run."""
+    """Load a good state's weights, AdamW moments and loss scale; with `whole`, its position, record,
+    the sums since its last log and RNG too, as if the steps since had never run (also how a part
+    resumes: restore)."""
     part.model.load_state_dict(state["model"])
     part.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler") and part.scaler.is_enabled():
