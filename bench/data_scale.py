@@ -163,7 +163,7 @@ def bench_asr(work, workers):
             results.append((label, part, note, first, rss, pss, rc, reused))
             if rc != 0:
                 print(f"  {label} part {part} exited {rc}:\n" + output[-2000:])
-    return results
+    return results, [(f"{BENGALI_ROWS // 1000}k clips", "embedded")]
 
 
 # -----------------------------------------------------------------------------
@@ -206,10 +206,9 @@ def bench_lm(work, megabytes):
     gpt2 = make_gpt2_folder(os.path.join(work, "gpt2"))
     size = os.path.getsize(corpus)
     print(f"lm: {corpus} {size / 1e6:,.0f} MB; {os.cpu_count()} CPUs")
-    results = []
+    results, amount = [], f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
     for tokenizer in ("byte", "gpt2"):
         settings = [] if tokenizer == "byte" else ["--set", "tokenizer=gpt2", "--set", f"pretrained={gpt2}"]
-        amount = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
         for label, data in ((f"{amount} {tokenizer}", corpus), (f"embedded {tokenizer}", None)):
             out = os.path.join(work, "runs", f"lm_{tokenizer}_{'embedded' if data is None else 'big'}")
             shutil.rmtree(out, ignore_errors=True)
@@ -226,18 +225,17 @@ def bench_lm(work, megabytes):
                     print("  " + built[0])
                 if rc != 0:
                     print(f"  {label} part {part} exited {rc}:\n" + output[-2000:])
-    return results
+    return results, [(f"{amount} {tokenizer}", f"embedded {tokenizer}") for tokenizer in ("byte", "gpt2")]
 
 
-def print_table(results):
+def print_table(results, pairs):
     print(f"\n{'input':<14s} {'part':>4s}  {'':<36s} {'to first step':>13s} {'peak RSS':>9s} {'tree PSS':>9s}  rc")
     for label, part, note, first, rss, pss, rc, reused in results:
         seconds = "-" if first is None else f"{first:.1f} s"
         print(f"{label:<14s} {part:>4d}  {note + (' (reused)' if reused else ''):<36s} {seconds:>13s} "
               f"{rss:>6.0f} MB {pss:>6.0f} MB  {rc}")
     by = {(label, note): first for label, _, note, first, *_ in results}
-    for big in dict.fromkeys(label for label, *_ in results if not label.startswith("embedded")):
-        small = "embedded" + big.split()[-1][len("clips"):] if big.endswith("clips") else "embedded " + big.split()[-1]
+    for big, small in pairs:  # each large input against the embedded data
         for note in [n for (label, n) in by if label == big and n.startswith("resumed")]:
             if by.get((big, note)) and by.get((small, "resumed")):
                 print(f"{note} part 2, {big} / {small}: {by[(big, note)] / by[(small, 'resumed')]:.2f}x")
@@ -252,9 +250,9 @@ def main():
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
     if args.task in ("asr", "all"):
-        print_table(bench_asr(args.work, args.workers))
+        print_table(*bench_asr(args.work, args.workers))
     if args.task in ("lm", "all"):
-        print_table(bench_lm(args.work, args.corpus_mb))
+        print_table(*bench_lm(args.work, args.corpus_mb))
 
 
 if __name__ == "__main__":
