@@ -15,8 +15,9 @@ Guarantees (the checkpoint contract; the README's "The checkpoint format" says t
   or corrupt upload is one clear error instead of a traceback or silently wrong weights;
 - discovery picks the newest valid file by the `global_step` in its header, never by file time;
 - pruning only touches rolling files, and never removes the newest one.
-Besides reading and writing, this module finds the checkpoint a part continues from (`find_resume`,
-`resolve_part`) and keeps the run folder within its disk (`make_room`).
+Besides reading and writing, this module names, prunes and lists the files of a run folder and
+keeps it within its disk (`make_room`); which checkpoint a part continues from is
+training/discovery.py's question.
 """
 
 import dataclasses
@@ -227,38 +228,31 @@ def write_file(path, state, meta):
     header_bytes += b" " * (-len(header_bytes) % 8)
     checksum_at = 8 + header_bytes.index(CHECKSUM_PLACEHOLDER.encode()) + len(HASH_NAME) + 1
 
-    tmp = temp_path(path)
     pieces = []
     for name in names:
         data = _tensor_bytes(tensors[name])
         pieces.extend(data[at:at + WRITE_CHUNK] for at in range(0, len(data), WRITE_CHUNK))
-    hasher = xxhash.xxh3_64(header_bytes)
-    # The checksum is computed in a second thread while this one writes (xxhash releases the
-    # GIL), so it costs no wall time on a machine with two cores.
-    hashing = threading.Thread(target=lambda: [hasher.update(piece) for piece in pieces])
-    hashing.start()
-    try:
-        with open(tmp, "wb") as f:
+
+    def write(f):
+        hasher = xxhash.xxh3_64(header_bytes)
+        # The checksum is computed in a second thread while this one writes (xxhash releases the
+        # GIL), so it costs no wall time on a machine with two cores.
+        hashing = threading.Thread(target=lambda: [hasher.update(piece) for piece in pieces])
+        hashing.start()
+        try:
             f.write(struct.pack("<Q", len(header_bytes)))
             f.write(header_bytes)
             for piece in pieces:
                 f.write(piece)
+        finally:
             hashing.join()
-            f.seek(checksum_at)
-            f.write(hasher.hexdigest().encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        hashing.join()
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write {path}: {e.strerror or e}; existing checkpoints are untouched") from None
-        raise
-    _fsync_dir(folder)
+        f.seek(checksum_at)
+        f.write(hasher.hexdigest().encode())
+
+    try:
+        write_atomic(path, write)
+    except OSError as e:
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}; existing checkpoints are untouched") from None
     return 8 + len(header_bytes) + offset
 
 
@@ -363,6 +357,12 @@ class Checkpoint:
     state: dict          # the nested state as saved, tensors included
     size: int
 
+    @property
+    def is_training(self):
+        """A whole training state (kind "train"), which a part continues exactly; not a weights-only
+        best model or a legacy .pt import."""
+        return self.meta.get("kind") == "train"
+
 
 def load(path, verify=True):
     """Read and verify a Baton checkpoint; tensors are zero-copy, copy-on-write views of the
@@ -460,94 +460,7 @@ def load_any(path):
 
 
 # -----------------------------------------------------------------------------
-# Discovery, pruning and the files of a run folder
-
-@dataclasses.dataclass
-class Found:
-    path: str
-    size: int
-    kind: str = "?"        # "train" (resumable), "weights" (best model), or "?" when unreadable
-    task: str = None
-    part: int = None
-    epoch: int = None
-    step_in_epoch: int = None
-    global_step: int = -1
-    problem: str = None    # why the file cannot be used; None when its header reads
-
-
-def walk_inputs(root, max_depth=6, big_folder=10_000):
-    """(folder, depth below root, file names) of every folder under `root`, in sorted order, not
-    below `max_depth` or below a folder of more than `big_folder` entries (a competition's audio),
-    so a walk of /kaggle/input stays quick. Lazy: a caller that has found what it wants stops it."""
-    base_depth = root.rstrip(os.sep).count(os.sep)
-    for folder, dirs, files in os.walk(root):
-        depth = folder.count(os.sep) - base_depth
-        if depth >= max_depth or len(dirs) + len(files) > big_folder:
-            dirs[:] = []
-        dirs.sort()
-        yield folder, depth, files
-
-
-def scan(roots, max_depth=6, big_folder=10_000):
-    """Every checkpoint-like file under `roots`, with what its header says.
-
-    Baton `.safetensors` files get their header read (cheap: no payload); other `.safetensors`
-    files (pretrained weights) are kind "other"; `.pt/.pth` files are kind "legacy" and are only
-    listed, since reading them means unpickling. Folders deeper than `max_depth` or with more
-    than `big_folder` entries (a competition's audio folder) are not searched, so the scan stays
-    quick on /kaggle/input.
-    """
-    found, seen = [], set()
-    for root in roots:
-        if not root or not os.path.isdir(root):
-            continue
-        for folder, _, files in walk_inputs(root, max_depth, big_folder):
-            for name in sorted(files):
-                if name.startswith(".") or not name.endswith((".safetensors", ".pt", ".pth")):
-                    continue
-                path = os.path.join(folder, name)
-                real = os.path.realpath(path)
-                if real in seen:
-                    continue
-                seen.add(real)
-                item = Found(path=path, size=os.path.getsize(path))
-                if not name.endswith(".safetensors"):
-                    item.kind = "legacy"
-                    found.append(item)
-                    continue
-                try:
-                    meta = read_header(path)
-                    if meta.get("format") != FORMAT:
-                        item.kind = "other"
-                    else:
-                        item.kind = meta.get("kind", "train")
-                        item.task = meta.get("task")
-                        item.part = meta.get("part")
-                        item.epoch = meta.get("epoch")
-                        item.step_in_epoch = meta.get("step_in_epoch")
-                        item.global_step = int(meta.get("global_step", -1))
-                except (CheckpointError, OSError, ValueError) as e:
-                    item.problem = str(e)
-                found.append(item)
-    return found
-
-
-def newest_valid(found, task=None, kind="train"):
-    """Load the newest checkpoint by global step that verifies; also return the ones skipped.
-
-    Hand-off files win ties with rolling files of the same step, and file times are never used:
-    a copy uploaded later is not newer training.
-    """
-    skipped = []
-    candidates = [f for f in found if f.problem is None and f.kind == kind and (task is None or f.task == task)]
-    candidates.sort(key=lambda f: (f.global_step, HANDOFF_RE.match(os.path.basename(f.path)) is not None), reverse=True)
-    for item in candidates:
-        try:
-            return load(item.path), skipped
-        except CheckpointError as e:
-            item.problem = str(e)
-            skipped.append(item)
-    return None, skipped
+# The files of a run folder: compatibility, names, pruning, the disk guard
 
 
 def fill_tied(theirs, ours):
@@ -582,75 +495,6 @@ def check_compatible(saved, state_dict):
             f"shapes {', '.join(wrong[:4])}" if wrong else "") if x)
         raise CheckpointError(f"{saved.path} holds a different model than this run's config builds ({details}); "
                               f"a resumed run cannot change the model's shape")
-
-
-def input_roots(out):
-    """Where `--resume auto` looks: the run folder, then the read-only inputs (BATON_INPUT_ROOTS,
-    `:`-separated, default Kaggle's /kaggle/input, where a previous session's output is attached)."""
-    return [out] + [r for r in os.environ.get("BATON_INPUT_ROOTS", "/kaggle/input").split(os.pathsep) if r]
-
-
-def find_resume(resume, out, task):
-    """(checkpoint to continue from or None, everything found) by the --resume rule: "none", a path,
-    or "auto", which prints every checkpoint under the input roots and which one is used and why."""
-    if resume == "none":
-        print("--resume none: starting fresh")
-        return None, []
-    if resume != "auto":
-        return load_any(resume), []
-    roots = input_roots(out)
-    found = scan(roots)
-    saved, _ = newest_valid(found, task=task)
-    print_discovery(found, saved, roots, task)
-    return saved, found
-
-
-def print_discovery(found, saved, roots, task):
-    listed = [f for f in found if f.kind != "other"]
-    if not listed:
-        print(f"no checkpoints under {', '.join(roots)}; starting fresh")
-        return
-    print(f"checkpoints under {', '.join(roots)} (highest global step first):")
-    print(f"  {'part':>4} {'epoch':>5} {'step':>6} {'global':>7} {'size':>9}  status / path")
-    for f in sorted(listed, key=lambda f: f.global_step, reverse=True):
-        if saved is not None and f.path == saved.path:
-            status = "USING: the highest global step that verifies"
-        elif f.problem:
-            status = f"broken, skipped: {f.problem}"
-        elif f.kind == "legacy":
-            status = "legacy .pt/.pth: not read automatically; import with --resume PATH"
-        elif f.task != task:
-            status = f"task {f.task}, not {task}"
-        elif f.kind == "weights":
-            status = "weights only (best model): not a training state"
-        elif saved is not None and f.global_step > saved.meta["global_step"]:
-            status = "broken, skipped"
-        else:
-            status = "ok (header read; older)"
-        cells = [f.part, f.epoch, f.step_in_epoch, f.global_step if f.global_step >= 0 else None]
-        print("  " + " ".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(cells, (4, 5, 6, 7)))
-              + f" {file_size_text(f.size):>9}  {status}\n{'':36s}{f.path}")
-    if saved is None:
-        print(f"no valid checkpoint of task {task!r} among them; starting fresh")
-
-
-def resolve_part(part, resume, task, saved, found):
-    """The part number: "auto" = one more than the resumed checkpoint's part. Part N continues from
-    part N-1, so with --resume auto a checkpoint of part N-1 or later must be in reach."""
-    if part == "auto":
-        part = (saved.meta.get("part") or 0) + 1 if saved is not None and saved.meta.get("kind") == "train" else 1
-        print(f"--part auto: this is part {part}")
-        return part
-    previous = part - 1
-    if resume == "auto" and previous >= 1 and (saved is None or (saved.meta.get("part") or 0) < previous):
-        usable = [f for f in found if f.kind == "train" and f.task == task and not f.problem]
-        have = "; ".join(f"part {f.part} at global step {f.global_step} in {f.path}" for f in usable[:5]) or "nothing usable"
-        raise CheckpointError(
-            f"part {part} continues from part {previous}, but no checkpoint of part {previous} or later is in "
-            f"reach (found: {have}); attach checkpoint_part{previous}.safetensors (on Kaggle: Add Data, then the "
-            f"previous session's output), or use --part auto to continue from what was found, or --resume none to "
-            f"start over")
-    return part
 
 
 def state_bytes(state):

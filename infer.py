@@ -20,12 +20,11 @@ import numpy as np
 import torch
 
 import ckpt
-import model as models
-from data import DataError
-from data import audio
-from data import decoding
+from data import DataError, audio, manifest, tokenizers, transcripts
 from data import table as table_data
-from data import text as text_data
+import model as models
+from model import decoding
+from training import TASKS, discovery
 
 
 class InferError(Exception):
@@ -45,7 +44,7 @@ def resolve_checkpoint(path):
             named = os.path.join(path, f.read().strip())
         if os.path.exists(named):
             return named
-    found = [f for f in ckpt.scan([path]) if f.problem is None]
+    found = [f for f in discovery.scan([path]) if f.problem is None]
     if not found:
         raise InferError(f"no checkpoint in {path}; train first or pass a .safetensors file")
     return max(found, key=lambda f: f.global_step).path
@@ -57,10 +56,10 @@ def load_hf_folder(folder, task, device):
     if task == "asr":
         with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
             task_meta = {"vocab": json.load(f)}
-        model = models.MODELS["asr"][0].from_pretrained(folder, vocab_size=len(task_meta["vocab"]))
+        model = TASKS["asr"].model.from_pretrained(folder, vocab_size=len(task_meta["vocab"]))
     elif task == "lm":
-        task_meta = {"tokenizer": text_data.GPT2Tokenizer.from_folder(folder).to_dict()}
-        model = models.MODELS["lm"][0].from_pretrained(folder)
+        task_meta = {"tokenizer": tokenizers.GPT2Tokenizer.from_folder(folder).to_dict()}
+        model = TASKS["lm"].model.from_pretrained(folder)
     else:
         raise InferError(f"{folder} is a Hugging Face folder; only asr and lm read those back")
     print(f"loaded the Hugging Face folder {folder} (task {task})", file=sys.stderr)
@@ -81,7 +80,7 @@ def load_model(path, task, device):
                          f"pass --task {saved.meta.get('task')}")
     if not isinstance(saved.meta.get("model_config"), dict):
         raise InferError(f"{saved.path} has no model_config in its header; it cannot be rebuilt")
-    model = models.rebuild(task, saved.meta["model_config"])
+    model = models.rebuild(TASKS[task].model, saved.meta["model_config"])
     ckpt.check_compatible(saved, model.state_dict())  # one sentence, not load_state_dict's traceback
     model.load_state_dict(saved.state["model"])
     print(f"loaded {saved.path} (task {task}, global step {saved.meta.get('global_step')})", file=sys.stderr)
@@ -90,7 +89,7 @@ def load_model(path, task, device):
 
 def infer_lm(args, device):
     model, meta = load_model(args.ckpt, "lm", device)
-    tokenizer = text_data.tokenizer_from_dict(meta["task_meta"]["tokenizer"])
+    tokenizer = tokenizers.tokenizer_from_dict(meta["task_meta"]["tokenizer"])
     prompt = args.prompt if args.prompt else "\n"
     ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # (1, T)
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -105,13 +104,13 @@ def infer_lm(args, device):
 def infer_asr(args, device):
     """Every clip of a folder or CSV -> submission.csv (id,sentence), one row per clip in input order."""
     model, meta = load_model(args.ckpt, "asr", device)
-    vocab = audio.CharVocab.from_dict(meta["task_meta"]["vocab"])
-    utterances = audio.read_manifest(args.data or audio.EMBEDDED_TEST, require_text=False)
+    vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"])
+    utterances = manifest.read_manifest(args.data or manifest.EMBEDDED_TEST, require_text=False)
     if not utterances:
         raise InferError(f"no audio clips found in {args.data}")
     clips = audio.AudioDataset(utterances)
     print(f"clips: {clips.report}", file=sys.stderr)
-    lm = decoding.read_lm(args.lm, audio.sentences_of) if args.lm else None
+    lm = decoding.read_lm(args.lm, transcripts.sentences_of) if args.lm else None
     if lm is not None and not args.beam:
         raise InferError("--lm needs a beam search: add --beam N (e.g. 32)")
     by_length = sorted(range(len(clips)), key=lambda i: clips.lengths[i])  # similar lengths pad less
@@ -139,13 +138,13 @@ def infer_asr(args, device):
         writer.writerow(["id", "sentence"])
         for u in utterances:
             text = predicted.get(u.id, "")
-            writer.writerow([u.id, audio.postprocess_bengali(text) if args.postprocess else text])
+            writer.writerow([u.id, transcripts.postprocess_bengali(text) if args.postprocess else text])
     print(f"wrote {out_path}: {len(utterances)} rows", file=sys.stderr)
     references = [u for u in utterances if u.sentence]
     if references:  # a labelled set: say how good the predictions are
-        refs = [audio.normalize_text(u.sentence) for u in references]
-        hyps = [audio.normalize_text(predicted.get(u.id, "")) for u in references]
-        print(f"on {len(refs)} labelled clips: WER {audio.wer(refs, hyps):.3f}, CER {audio.cer(refs, hyps):.3f}",
+        refs = [transcripts.normalize_text(u.sentence) for u in references]
+        hyps = [transcripts.normalize_text(predicted.get(u.id, "")) for u in references]
+        print(f"on {len(refs)} labelled clips: WER {transcripts.wer(refs, hyps):.3f}, CER {transcripts.cer(refs, hyps):.3f}",
               file=sys.stderr)
 
 
@@ -161,7 +160,7 @@ def infer_reg(args, device):
     if bad:
         print(f"warning: {bad} rows have a missing or non-numeric feature; the training mean is used there",
               file=sys.stderr)
-    tokenizer = text_data.tokenizer_from_dict(info["tokenizer"]) if info["tokenizer"] else None
+    tokenizer = tokenizers.tokenizer_from_dict(info["tokenizer"]) if info["tokenizer"] else None
     standardize = table_data.Standardizer.from_dict(info["standardizer"]) if info["standardizer"] else None
     rows = table_data.RegRows(table, tokenizer, info["block_size"], standardize)  # as in training
     predictions = []
@@ -197,17 +196,17 @@ def export(args, device):
         model.save_pretrained(args.export)
     tokenizer = meta["task_meta"].get("tokenizer") or {}
     if args.task == "lm" and tokenizer.get("kind") == "gpt2":
-        text_data.tokenizer_from_dict(tokenizer).save_pretrained(args.export, max_length=model.config.block_size)
+        tokenizers.tokenizer_from_dict(tokenizer).save_pretrained(args.export, max_length=model.config.block_size)
     elif args.task == "lm":
         print(f"note: the {tokenizer.get('kind')} tokenizer has no transformers equivalent: the folder opens with "
-              f"AutoModelForCausalLM, and text is encoded as in data/text.py", file=sys.stderr)
+              f"AutoModelForCausalLM, and text is encoded as in data/tokenizers.py", file=sys.stderr)
     print(f"exported to {args.export}", file=sys.stderr)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Predict with a Baton checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=("lm", "asr", "reg"))
+    p.add_argument("--task", required=True, choices=list(TASKS))
     p.add_argument("--ckpt", required=True, help="checkpoint file, best_model.safetensors, or a run folder")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     p.add_argument("--export", default=None, metavar="DIR", help="write a Hugging Face model folder instead of predicting")
@@ -220,7 +219,7 @@ def parse_args(argv):
     g.add_argument("--beam", type=int, default=0, help="CTC prefix beam search of this width; 0 = greedy")
     g.add_argument("--lm", default=None, metavar="PATH",
                    help="word n-gram LM for the beam: an ARPA file, or a text file / CSV (sentence column) to "
-                        "build a 3-gram from (data/decoding.py)")
+                        "build a 3-gram from (model/decoding.py)")
     g.add_argument("--lm-weight", type=float, default=0.5, help="weight of the LM's log probability")
     g.add_argument("--word-bonus", type=float, default=1.0, help="added per word, against the LM's short bias")
     g = p.add_argument_group("lm")

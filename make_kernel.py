@@ -13,7 +13,7 @@ or infer.py with the usual arguments:
     python kaggle_kernel.py infer --task lm --ckpt runs/lm --prompt "It was"
 
 With no arguments (a kernel pasted into Kaggle), it uses STAGE and ARGS at its top. It needs
-only the packages of requirements.txt. tests/test_kernel.py regenerates it and runs it alone in
+only the packages of requirements.txt. tests/test_workflow.py regenerates it and runs it alone in
 an empty folder, so it cannot drift from the code.
 """
 
@@ -24,10 +24,8 @@ import lzma
 import os
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-MODULES = ["ckpt.py", "train_part.py", "infer.py",
-           "data/__init__.py", "data/config.py", "data/decoding.py", "data/divergence.py", "data/record.py",
-           "data/sampler.py", "data/text.py", "data/audio.py", "data/table.py",
-           "model/__init__.py", "model/gpt.py", "model/wav2vec2.py", "model/regression.py"]
+TOP_LEVEL = ["ckpt.py", "train_part.py", "infer.py"]
+PACKAGES = ["data", "model", "training"]  # every module of each, found when the kernel is built
 SAMPLES = {"data/samples/shakespeare.txt": 450_000,  # bytes kept: a prefix, on a line boundary
            "data/samples/diamonds/train.csv": None, "data/samples/diamonds/test.csv": None,
            "data/samples/diamonds/test_references.csv": None}
@@ -117,9 +115,19 @@ def sample_bytes(path, limit):
     return data
 
 
+def modules():
+    """The project's modules: the top level's and every one of its packages (not data/'s make_*.py,
+    which made the samples: the kernel carries samples, not their generators)."""
+    paths = list(TOP_LEVEL)
+    for package in PACKAGES:
+        names = sorted(n for n in os.listdir(os.path.join(ROOT, package)) if n.endswith(".py") and not n.startswith("make_"))
+        paths += [f"{package}/{name}" for name in names]
+    return paths
+
+
 def build():
     files = {}
-    for path in MODULES:
+    for path in modules():
         with open(os.path.join(ROOT, path), encoding="utf-8") as f:
             files[path] = ("text", f.read())
     for path, limit in SAMPLES.items():

@@ -17,18 +17,19 @@ The contracts this file keeps:
 - The budget: the hand-off is on disk before `--budget-hours` runs out, whatever a step costs.
 - Bad input is one sentence on stderr and exit code 2, never a traceback, and it never destroys a
   checkpoint that is already on disk.
-- Divergence: nothing non-finite is ever written. A diverging part (data/divergence.py: what counts)
+- Divergence: nothing non-finite is ever written. A diverging part (training/divergence.py: what counts)
   rolls back to its last good checkpoint, skips the data since and goes on at a lower learning rate,
   recorded in the checkpoint and metrics.json, so a resumed run decides the same; when it keeps
   diverging, the part stops with the last good state as its hand-off.
 The checkpoint file itself is described in ckpt.py.
 
 Read top to bottom: the command line, setting up a part, the training loop (between the
-TRAINING SECTION banners), checking it and recovering from divergence, evaluating and saving,
-the end of a part; then the helpers, in order of first use: the tasks (each task's config, data
-and model are built beside its data module, e.g. data/text.py for lm), the learning rate,
-the time budget, resuming and rolling back, and several processes (torchrun). In data/ beside the
-tasks: divergence.py (what counts as diverging) and record.py (metrics.json and the plots).
+TRAINING SECTION banners, with the checks at its step boundaries and the recovery from
+divergence), evaluating and saving, the end of a part; then the helpers, in order of first use:
+setting up the model and optimizer, the learning rate, and resuming and rolling back. The chapters
+of the stage live in training/ (its __init__.py says in which order to read them): each task's
+config, data and model (training/lm.py, asr.py, reg.py), the settings, finding the checkpoint to
+continue from, the time budget, divergence, the run's record, and several processes (torchrun).
 """
 
 import time
@@ -60,7 +61,6 @@ import math  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
-from collections import deque  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -68,13 +68,15 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import ckpt  # noqa: E402
-from data import DataError, audio, divergence  # noqa: E402
-from data import table as table_data  # noqa: E402
-from data import text as text_data  # noqa: E402
-from data.config import ConfigError, print_config, resolve_settings  # noqa: E402
-from data.record import close_part, new_history, plan, recent, record, write_metrics, write_plots  # noqa: E402
+from data import DataError  # noqa: E402
+from training import TASKS, divergence  # noqa: E402
+from training.budget import TimeBudget, format_seconds  # noqa: E402
+from training.config import ConfigError, print_config, resolve_settings  # noqa: E402
+from training.discovery import choose_checkpoint  # noqa: E402
+from training.distributed import all_ranks, any_rank, from_rank0, gather, start_processes, sum_over_ranks  # noqa: E402
+from training.divergence import RollBackPoint  # noqa: E402
+from training.record import close_part, new_history, plan, recent, record, write_metrics, write_plots  # noqa: E402
 
-TASKS = ("lm", "asr", "reg")
 COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
 
 
@@ -92,7 +94,7 @@ def part_number(text):
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Train one part of a Baton run.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=TASKS, help="which model family to train")
+    p.add_argument("--task", required=True, choices=list(TASKS), help="which model family to train")
     p.add_argument("--part", type=part_number, default=1,
                    help="session number, names the hand-off file; 'auto' = one more than the newest checkpoint's")
     p.add_argument("--budget-hours", type=float, default=None,
@@ -162,9 +164,10 @@ class Part:
         print_config(cfg)
 
         random_seed_everything(cfg.seed)  # the same initial weights on every rank
-        resumable = saved if saved is not None and saved.meta.get("kind") == "train" else None
-        # The task's model, and its data (the objects in data/ share one interface: data/__init__.py).
-        self.model, self.data = BUILDERS[args.task](cfg, self.device, self.ranks.rank, self.ranks.world, resumable, args.out)
+        resumable = saved if saved is not None and saved.is_training else None
+        # The task's model, and the task object: its batches, evaluation and metrics (training/__init__.py).
+        self.model, self.task = TASKS[args.task].build(cfg, self.device, self.ranks.rank, self.ranks.world,
+                                                       resumable, args.out)
         self.model.gradient_checkpointing = cfg.grad_checkpointing
         self.model.to(self.device)
         if self.ranks.world > 1:
@@ -174,7 +177,7 @@ class Part:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.watch = divergence.Watch(self.device, fp16=amp == "fp16")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-        self.steps_per_epoch = math.ceil(len(self.data.sampler) / cfg.grad_accum)
+        self.steps_per_epoch = math.ceil(len(self.task.sampler) / cfg.grad_accum)
         self.total_epochs = cfg.epochs + cfg.phase2_epochs
         self.total_steps = self.total_epochs * self.steps_per_epoch
         processes = f" x {self.ranks.world} processes" if self.ranks.world > 1 else ""
@@ -182,25 +185,24 @@ class Part:
               f"{processes} (amp {amp}); {self.steps_per_epoch} steps/epoch, {self.total_steps} planned steps")
 
         self.position = Position()
-        self.best = {"metric": self.data.best_metric, "value": None, "step": None}
+        self.best = {"metric": self.task.best_metric, "value": None, "step": None}
         self.history = new_history()
         if saved is not None:
             restore(self, saved)
         # What a divergence rolls back to (see recover): the newest finite training checkpoint, or a copy
         # in memory of the state this part starts from until it has written one.
-        self.good = good_state_at_start(self, saved)
+        self.good = roll_back_point_at_start(self, saved)
         self.gave_up = None  # why the part stops after repeated divergence
         self.history["parts"].append({"part": args.part, "start_step": self.position.global_step})
         self.start_epoch = self.position.epoch
         self.last_eval_step = None
         self.last_save = time.monotonic()
-        self.last_inputs = None  # the previous micro-batch (see train_step)
 
         if self.budget.deadline is not None:  # weights + AdamW's two moments dominate the file
             # Tied weights count twice here (the file stores them once): the estimate errs on the safe side.
             nbytes = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
             seconds = ckpt.estimate_write_seconds(args.out, nbytes) if self.ranks.main else None
-            self.budget.save_seconds = from_rank0(self.ranks, seconds)
+            self.budget.expect_save(from_rank0(self.ranks, seconds))
         if not all_ranks(self.ranks, self.budget.room_for_step() or STOP["signal"]):
             raise ConfigError(f"--budget-hours {args.budget_hours:g} is too small: start-up took "
                               f"{time.time() - started:.0f} s and the final save needs more than the "
@@ -222,15 +224,15 @@ def train(part):
     try:
         while position.epoch < part.total_epochs:
             epoch = position.epoch
-            batches = part.data.sampler.batches(epoch)  # O(epoch size) to build, O(1) to jump into
-            stream = part.data.batches(batches[position.batch_in_epoch:], epoch)
+            batches = part.task.sampler.batches(epoch)  # O(epoch size) to build, O(1) to jump into
+            stream = part.task.batches(batches[position.batch_in_epoch:], epoch)
             while position.epoch == epoch:
                 reason = stop_reason(part)  # the only place a part may stop: between optimizer steps
                 if reason:
                     return reason
                 t0 = time.monotonic()
                 if part.budget.first_step_at is None:  # where the run stands, and its step rate so far
-                    part.budget.first_step_at = time.time() - part.started
+                    part.budget.note_first_step()
                     tqdm.write(plan(part.history, part.total_steps, position.global_step, part.args.budget_hours))
                 lr = learning_rate(position.global_step, cfg, part.steps_per_epoch) * divergence.lr_scale(part.history)
                 window = [next(stream) for _ in range(min(cfg.grad_accum, len(batches) - position.batch_in_epoch))]
@@ -257,18 +259,15 @@ def train_step(part, window, lr):
         window_count = sum_over_ranks(ranks, [window_count])[0] / ranks.world
     window_loss = torch.zeros((), device=part.device)
     for i, (inputs, count) in enumerate(window):
-        weight = 1.0
-        if count == 0:  # every clip of this micro-batch was unreadable
-            if ranks.world == 1 or part.last_inputs is None:
-                continue
-            inputs, weight = part.last_inputs, 0.0  # keep in step with the other ranks' gradient exchange
-        part.last_inputs = inputs
+        if inputs is None:  # nothing to learn from here (asr: every clip of the micro-batch was unreadable)
+            continue
         # Gradients are exchanged between ranks once per step, after the last micro-batch.
         exchange = ranks.world == 1 or i == len(window) - 1
         with contextlib.nullcontext() if exchange else part.train_model.no_sync():
             with part.autocast():
                 _, loss_sum = part.train_model(**inputs)  # the loss summed over this micro-batch's units
-                loss_sum = loss_sum * weight
+                if count == 0:  # a stand-in that only keeps this rank in the gradient exchange (asr.py)
+                    loss_sum = loss_sum * 0.0
             scaler.scale(loss_sum / window_count).backward()
         window_loss += loss_sum.detach()
     grad_norm = None
@@ -279,8 +278,6 @@ def train_step(part, window, lr):
     scaler.step(optimizer)  # skipped by the scaler if an fp16 gradient overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-
-# ---------------------------------------------------------------- TRAINING SECTION END
 
 
 def stop_reason(part):
@@ -354,10 +351,10 @@ def recover(part, trouble):
     """Roll back to the last good state; the data since it is skipped (the loader is already past it,
     so the windows that led here are not seen again) and the learning rate is lowered. The event goes
     into the record, which the checkpoint carries: a resumed run knows the rate and what was skipped."""
-    step, good_step = part.position.global_step, part.good[0]
+    step, good_step = part.position.global_step, part.good.step
     cfg, history = part.cfg, part.history
     repeats = divergence.streak(history, good_step)
-    roll_back(part, good_state(part))
+    roll_back(part, part.good.load())
     history["recoveries"] = history.get("recoveries", []) + [
         {"step": step, "part": part.args.part, "seen": trouble, "back_to": good_step,
          "skipped_steps": [good_step + 1, step], "lr_factor": cfg.recover_lr_factor}]
@@ -368,6 +365,8 @@ def recover(part, trouble):
     tqdm.write(f"step {step}: {trouble}; rolled back to step {good_step}, skipping the data of steps "
                f"{good_step + 1}-{step}; learning rate now {scale:g} x the plan (recovery {repeats + 1} of at most "
                f"{cfg.max_recoveries} from this state)")
+
+# ---------------------------------------------------------------- TRAINING SECTION END
 
 
 # -----------------------------------------------------------------------------
@@ -393,15 +392,15 @@ def evaluate(part):
     part.model.eval()
     # fork_rng: evaluation must not move the training RNG, or a run with more evaluations would differ.
     with torch.random.fork_rng(devices=[part.device] if part.device.type == "cuda" else []), part.autocast():
-        sums = part.data.evaluate(part.model, lambda: STOP["signal"] is None and part.budget.can_continue_eval())
+        sums = part.task.evaluate(part.model, lambda: STOP["signal"] is None and part.budget.can_continue_eval())
     part.model.train()
     shares = gather(part.ranks, sums)
     part.budget.observe_eval(time.monotonic() - t0)
     if any(share is None for share in shares):
         return None
-    metrics = part.data.summarize({key: sum(share[key] for share in shares) for key in shares[0]})
+    metrics = part.task.summarize({key: sum(share[key] for share in shares) for key in shares[0]})
     part.last_eval_step = step = part.position.global_step
-    value = metrics[part.data.best_metric]
+    value = metrics[part.task.best_metric]
     if math.isfinite(value) and (part.best["value"] is None or value < part.best["value"]):  # lower is better
         part.best.update(value=value, step=step)
         save_best(part, metrics)
@@ -414,12 +413,16 @@ def header(part, kind):
     return {"task": part.args.task, "kind": kind, "part": part.args.part, "epoch": position.epoch,
             "step_in_epoch": position.step_in_epoch, "global_step": position.global_step,
             "config": dataclasses.asdict(part.cfg), "model_config": dataclasses.asdict(part.model.config),
-            "task_meta": part.data.meta}
+            "task_meta": part.task.meta}
 
 
 def training_state(part, rng_states, good):
     """Everything the next part needs to continue exactly (the RNG of every rank included), and the
-    state a divergence would roll back to (`good`: its step and file name, None if held in memory)."""
+    state a divergence would roll back to (`good`: its step and file name, None if held in memory).
+    Resuming reads the position from `progress` (the header repeats it, so that discovery need not
+    read the payload); `sampler` and `scheduler` describe the data order and the learning-rate plan
+    for a reader of the file and are never read back: the order is a function of (seed, epoch) and
+    the learning rate one of the global step."""
     position, cfg = part.position, part.cfg
     return {"model": part.model.state_dict(), "optimizer": part.optimizer.state_dict(),
             "scaler": part.scaler.state_dict(),
@@ -427,7 +430,7 @@ def training_state(part, rng_states, good):
             "rng": rng_states, "progress": dataclasses.asdict(position), "best": dict(part.best),
             "history": part.history, "good": good, "watch": part.watch.state_dict(),
             "sampler": {"seed": cfg.seed, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
-                        "batches_per_epoch": len(part.data.sampler)}}
+                        "batches_per_epoch": len(part.task.sampler)}}
 
 
 def save(part, name, final=False):
@@ -438,10 +441,10 @@ def save(part, name, final=False):
     rng_states = gather(part.ranks, ckpt.capture_rng())
     outcome, out = None, part.args.out
     if part.ranks.main:
-        step, source = (part.position.global_step, name) if not final else part.good
-        good = {"step": step, "file": os.path.basename(source) if isinstance(source, str) else None}
+        point = RollBackPoint(part.position.global_step, name) if not final else part.good
+        good = {"step": point.step, "file": os.path.basename(point.path) if point.path else None}
         state = training_state(part, rng_states, good)
-        meta = {**header(part, "train"), "world_size": part.ranks.world, "data_fingerprint": part.data.fingerprint}
+        meta = {**header(part, "train"), "world_size": part.ranks.world, "data_fingerprint": part.task.fingerprint}
         path = os.path.join(out, name)
         try:
             ckpt.make_room(out, ckpt.state_bytes(state), part.cfg.keep_last)
@@ -455,7 +458,7 @@ def save(part, name, final=False):
             write_plots(out, part.history)
     outcome = from_rank0(part.ranks, outcome)  # also the barrier: nobody runs ahead of a save
     if outcome[0] == "ok" and not final:  # written after a check found it sound: the new roll-back point
-        part.good = (part.position.global_step, outcome[1])
+        part.good = RollBackPoint(part.position.global_step, outcome[1])
     part.budget.observe_save(time.monotonic() - t0)
     if outcome[0] == "error":
         if final:
@@ -486,8 +489,8 @@ def finish(part, stop_reason):
     if trouble and stop_reason == "finished":  # the plan's end is a step count too: decide as at any check
         recover(part, trouble)
     elif trouble:  # a stop the clock or a signal chose: go back whole, so the next part replays from there
-        roll_back(part, good_state(part), whole=True)
-        print(f"note: {trouble} since the last check; the hand-off is the last good state (step {part.good[0]}), "
+        roll_back(part, part.good.load(), whole=True)
+        print(f"note: {trouble} since the last check; the hand-off is the last good state (step {part.good.step}), "
               f"and the next part trains on from there and decides at the same step as an uninterrupted run")
     position = part.position
     if stop_reason == "finished" and part.last_eval_step != position.global_step:
@@ -523,23 +526,15 @@ def finish(part, stop_reason):
 
 
 # -----------------------------------------------------------------------------
-# The tasks: each one's config, model and data are built beside its data module (data/text.py, ...)
-
-# Each task's config extends data/config.py's TrainConfig (the fields every task has) beside its data.
-CONFIGS = {"lm": text_data.LMConfig, "asr": audio.ASRConfig, "reg": table_data.RegConfig}
-
+# Setting up: the config, the model for training, the optimizer, the device
 
 def resolve_config(args, saved):
-    """Defaults + --set for a fresh run; the checkpoint's config + --set when resuming (data/config.py)."""
+    """Defaults + --set for a fresh run; the checkpoint's config + --set when resuming (training/config.py).
+    Each task's config extends TrainConfig, the fields every task has (training/lm.py, asr.py, reg.py)."""
     cli = list(args.settings) + ([f"data={args.data}"] if args.data is not None else []) + \
         ([f"seed={args.seed}"] if args.seed is not None else [])
-    resumable = saved is not None and saved.meta.get("kind") == "train" and isinstance(saved.meta.get("config"), dict)
-    return resolve_settings(CONFIGS[args.task], cli, saved.meta["config"] if resumable else None)
-
-
-# Each builds (model, data) from a config; `saved` is the checkpoint a run resumes from, or None, and
-# `workdir` the run's --out folder, where work that depends only on the data is kept for later parts.
-BUILDERS = {"lm": text_data.build_lm, "asr": audio.build_asr, "reg": table_data.build_reg}
+    resumable = saved is not None and saved.is_training and isinstance(saved.meta.get("config"), dict)
+    return resolve_settings(TASKS[args.task].config, cli, saved.meta["config"] if resumable else None)
 
 
 def wrap_for_training(model, cfg, ranks, device):
@@ -600,100 +595,9 @@ def learning_rate(step, cfg, steps_per_epoch):
 # -----------------------------------------------------------------------------
 # The time budget: from Python's start (STARTED), so the hand-off lands before the deadline
 
-class TimeBudget:
-    """Decides when to stop so the final save completes before the deadline. It learns what it must
-    leave room for as it happens: the slowest recent step, the slowest save (first estimated by
-    timing a real write of the same size), the slowest evaluation."""
-
-    def __init__(self, hours, started):
-        self.seconds = None if hours is None else hours * 3600.0
-        self.deadline = None if hours is None else time.monotonic() - (time.time() - started) + self.seconds
-        # Room for what cannot be measured in advance (printing, process exit, a stray slow step).
-        self.margin = 0.0 if hours is None else min(60.0, max(2.0, 0.005 * self.seconds))
-        self.first_step = None        # a process's first step pays one-off warm-up costs
-        self.recent_steps = deque(maxlen=20)
-        self.save_seconds = 0.0       # the slowest save so far (or the first estimate)
-        self.eval_seconds = 0.0       # the slowest evaluation so far
-        self.spent = {"steps": 0.0, "evaluation": 0.0, "saving": 0.0}  # where the wall time went
-        self.first_step_at = None     # seconds from process start to the first step
-
-    def left(self):
-        return math.inf if self.deadline is None else self.deadline - time.monotonic()
-
-    def observe_step(self, seconds):
-        self.spent["steps"] += seconds
-        if self.first_step is None:
-            self.first_step = seconds
-        else:
-            self.recent_steps.append(seconds)
-
-    def observe_save(self, seconds):
-        self.spent["saving"] += seconds
-        self.save_seconds = max(self.save_seconds, seconds)
-
-    def observe_eval(self, seconds):
-        self.spent["evaluation"] += seconds
-        self.eval_seconds = max(self.eval_seconds, seconds)
-
-    def step_estimate(self):
-        return 1.25 * max(self.recent_steps, default=self.first_step or 0.0)
-
-    def room_for_step(self):
-        return self.left() > self.step_estimate() + 1.5 * self.save_seconds + self.margin
-
-    def room_for_eval(self):
-        return self.left() > self.eval_seconds + self.step_estimate() + 1.5 * self.save_seconds + self.margin
-
-    def can_continue_eval(self):
-        return self.left() > 1.5 * self.save_seconds + self.margin
-
-    def summary(self, elapsed):
-        """Where the part's wall time went, and how early the hand-off landed before the deadline."""
-        parts = ", ".join(f"{name} {seconds:.1f} s ({seconds / elapsed:.1%})" for name, seconds in self.spent.items())
-        line = (f"time: {elapsed:.1f} s wall; start-up until the first step {self.first_step_at or elapsed:.1f} s; "
-                f"{parts}")
-        if self.deadline is not None:
-            line += f"; hand-off written {self.left():.1f} s before the deadline"
-        return line
-
-
-def format_seconds(s):
-    if s == math.inf:
-        return "inf"
-    s = max(0, int(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
 
 # -----------------------------------------------------------------------------
 # Resuming: which checkpoint, and loading it into the part
-
-def choose_checkpoint(args, ranks):
-    """(checkpoint or None, part number): rank 0 looks and decides, every rank loads what it chose,
-    and a file that fails on any rank fails on all (no rank is left waiting for another)."""
-    choice = None
-    if ranks.main:
-        try:
-            saved, found = ckpt.find_resume(args.resume, args.out, args.task)
-            if saved is not None and saved.meta.get("task") not in (None, args.task):
-                raise ConfigError(f"{saved.path} was trained for task {saved.meta['task']!r}, not {args.task!r}; "
-                                  f"pass --task {saved.meta['task']} or another checkpoint")
-            part = ckpt.resolve_part(args.part, args.resume, args.task, saved, found)
-            choice = ("ok", saved.path if saved else None, part)
-        except (ConfigError, DataError, ckpt.CheckpointError) as e:
-            choice = ("error", str(e), None)
-    choice = from_rank0(ranks, choice)
-    if choice[0] == "error":
-        raise ConfigError(choice[1])
-    _, path, part = choice
-    problem = None
-    if not ranks.main:
-        try:
-            saved = ckpt.load_any(path) if path is not None else None
-        except ckpt.CheckpointError as e:
-            problem = str(e)
-    if any_rank(ranks, problem is not None):
-        raise ConfigError(problem or f"another process could not read {path}")
-    return saved, part
 
 
 @dataclasses.dataclass
@@ -716,7 +620,7 @@ class Position:
 def restore(part, saved):
     """Load a checkpoint into the part: weights, optimizer, scaler, position, record, RNG."""
     ckpt.check_compatible(saved, part.model.state_dict())
-    if saved.meta.get("kind") != "train":
+    if not saved.is_training:
         part.model.load_state_dict(saved.state["model"])
         return initialise_from(part, saved)
     try:  # the whole state, as a roll-back loads it; the RNG last, after all that draws from it is built
@@ -724,7 +628,7 @@ def restore(part, saved):
     except ValueError as e:  # from the optimizer's load
         raise ConfigError(f"the optimizer state in {saved.path} does not fit this run's trainable parameters ({e}); "
                           f"was freeze_feature_encoder changed?") from None
-    if saved.meta.get("data_fingerprint") != part.data.fingerprint:
+    if saved.meta.get("data_fingerprint") != part.task.fingerprint:
         print("warning: the training data differs from the checkpoint's; the data order will differ")
     position, saved_world, world = part.position, saved.meta.get("world_size", 1), part.ranks.world
     if saved_world != world:
@@ -749,24 +653,18 @@ def restore_rng_of_rank(part, rng):
         random_seed_everything(part.cfg.seed + 1000 * part.ranks.rank + part.position.global_step)
 
 
-def good_state_at_start(part, saved):
-    """(step, source) to roll back to until this part's first save: the training checkpoint it resumed
-    from, or the good state which that hand-off names (where an uninterrupted run would go back to) if it
-    lies beside it; else a copy in host memory of the state the part starts from."""
-    if saved is not None and saved.meta.get("kind") == "train":
+def roll_back_point_at_start(part, saved):
+    """What to roll back to until this part's first save: the training checkpoint it resumed from, or
+    the good state which that hand-off names (where an uninterrupted run would go back to) if it lies
+    beside it; else a copy in host memory of the state the part starts from."""
+    if saved is not None and saved.is_training:
         named = saved.state.get("good") or {}
         beside = os.path.join(os.path.dirname(saved.path), named.get("file") or "")
         if named.get("file") and os.path.isfile(beside):
-            return named["step"], beside
-        return part.position.global_step, saved.path
+            return RollBackPoint(named["step"], beside)
+        return RollBackPoint(part.position.global_step, saved.path)
     rng_states = gather(part.ranks, ckpt.capture_rng())
-    return part.position.global_step, divergence.host_copy(training_state(part, rng_states, None))
-
-
-def good_state(part):
-    """The state `part.good` names, read from its file (verified) or copied from memory."""
-    source = part.good[1]
-    return ckpt.load(source).state if isinstance(source, str) else divergence.host_copy(source)
+    return RollBackPoint(part.position.global_step, state=divergence.host_copy(training_state(part, rng_states, None)))
 
 
 def roll_back(part, state, whole=False):
@@ -813,77 +711,9 @@ def initialise_from(part, saved):
 # -----------------------------------------------------------------------------
 # Several processes: torchrun and DistributedDataParallel
 
-@dataclasses.dataclass
-class Ranks:
-    """This process among torchrun's workers (rank 0 of 1 without torchrun)."""
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = None  # where collectives exchange tensors: the GPU for NCCL, else CPU
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-
-def start_processes(device_type):
-    """Join the process group torchrun describes in the environment: NCCL between GPUs (one per
-    process), gloo between CPU processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Ranks(device=torch.device("cpu"))
-    ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device_type == "cuda":
-        torch.cuda.set_device(ranks.local_rank % torch.cuda.device_count())
-        ranks.device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        ranks.device = torch.device("cpu")
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return ranks
-
 
 # Decisions that end a loop or start a collective (stop, evaluate, save) are agreed by all ranks
 # with one small all-reduce, so no rank waits in a collective for one that went elsewhere.
-
-def any_rank(ranks, flag):
-    """True on every rank if `flag` is true on any."""
-    if ranks.world == 1:
-        return bool(flag)
-    t = torch.tensor([float(bool(flag))], device=ranks.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def all_ranks(ranks, flag):
-    """True on every rank if `flag` is true on all."""
-    return not any_rank(ranks, not flag)
-
-
-def sum_over_ranks(ranks, values):
-    """The list (or 1-d tensor on this rank's device) `values` added element-wise over all ranks."""
-    if ranks.world == 1:
-        return values.tolist() if isinstance(values, torch.Tensor) else list(values)
-    t = values.clone() if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float64, device=ranks.device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def from_rank0(ranks, obj):
-    """Rank 0's value of a picklable object, on every rank."""
-    if ranks.world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def gather(ranks, obj):
-    """Every rank's value of a picklable object, as a list in rank order."""
-    if ranks.world == 1:
-        return [obj]
-    out = [None] * ranks.world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 if __name__ == "__main__":

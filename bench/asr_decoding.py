@@ -19,8 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
+from data import audio, manifest, transcripts  # noqa: E402
 import infer  # noqa: E402
-from data import audio, decoding  # noqa: E402
+from model import decoding  # noqa: E402
 
 
 def main():
@@ -31,10 +32,10 @@ def main():
     p.add_argument("--word-bonus", type=float, default=1.0)
     args = p.parse_args()
     model, meta = infer.load_model(args.ckpt, "asr", torch.device("cpu"))
-    vocab = audio.CharVocab.from_dict(meta["task_meta"]["vocab"])
-    utterances = audio.read_manifest(os.path.join(audio.EMBEDDED, "test_references.csv"))
+    vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"])
+    utterances = manifest.read_manifest(os.path.join(manifest.EMBEDDED, "test_references.csv"))
     clips = audio.AudioDataset(utterances)
-    refs = [audio.normalize_text(u.sentence) for u in utterances]
+    refs = [transcripts.normalize_text(u.sentence) for u in utterances]
     outputs = []  # (log probs (T, V), seconds of audio) per clip
     with torch.no_grad():
         for i in range(len(clips)):
@@ -43,7 +44,7 @@ def main():
             outputs.append((torch.log_softmax(logits[0, :int(frames[0])].float(), dim=-1).numpy(),
                             len(clips[i]["audio"]) / audio.SAMPLE_RATE))
     seconds = sum(s for _, s in outputs)
-    lm = decoding.read_lm(os.path.join(audio.EMBEDDED, "train.csv"), audio.sentences_of)
+    lm = decoding.read_lm(os.path.join(manifest.EMBEDDED, "train.csv"), transcripts.sentences_of)
 
     def greedy(lp):
         return vocab.decode_ctc(lp.argmax(axis=1))
@@ -58,15 +59,15 @@ def main():
     results = {}
     for name, decode in decoders:
         t0 = time.perf_counter()
-        hyps = [audio.normalize_text(decode(lp)) for lp, _ in outputs]
+        hyps = [transcripts.normalize_text(decode(lp)) for lp, _ in outputs]
         elapsed = time.perf_counter() - t0
-        results[name] = (audio.wer(refs, hyps), audio.cer(refs, hyps), hyps)
+        results[name] = (transcripts.wer(refs, hyps), transcripts.cer(refs, hyps), hyps)
         print(f"{name:28s} {results[name][0]:6.3f} {results[name][1]:6.3f} {elapsed / len(outputs) * 1e3:8.1f} "
               f"{elapsed / seconds * 1e3:18.1f}")
     greedy_hyps = results["greedy (best path)"][2]
     for name, (_, _, hyps) in results.items():
         if name.startswith("beam") and "LM" not in name:
-            worse = sum(audio.wer([r], [h]) > audio.wer([r], [g]) for r, h, g in zip(refs, hyps, greedy_hyps))
+            worse = sum(transcripts.wer([r], [h]) > transcripts.wer([r], [g]) for r, h, g in zip(refs, hyps, greedy_hyps))
             print(f"{name} without an LM: worse than greedy on {worse} of {len(refs)} clips (by WER)")
 
 

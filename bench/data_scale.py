@@ -39,7 +39,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import audio  # noqa: E402
+from data import audio, manifest  # noqa: E402
 from data import text as text_data  # noqa: E402
 
 BENGALI_ROWS, BENGALI_VALID = 963_636, 28_700
@@ -110,7 +110,7 @@ def build_bengali_folder(folder, rows=BENGALI_ROWS, valid=BENGALI_VALID):
     """A Bengali.AI-shaped folder of `rows` clips (built once: train.csv is written last, atomically)."""
     if os.path.isfile(os.path.join(folder, "train.csv")):
         return
-    with open(os.path.join(audio.EMBEDDED, "train.csv"), newline="", encoding="utf-8") as f:
+    with open(os.path.join(manifest.EMBEDDED, "train.csv"), newline="", encoding="utf-8") as f:
         sample = list(csv.DictReader(f))
     pools = {split: [r for r in sample if r["split"] == split] for split in ("train", "valid")}
     rng = np.random.default_rng(13)
@@ -130,7 +130,7 @@ def build_bengali_folder(folder, rows=BENGALI_ROWS, valid=BENGALI_VALID):
         for id_, v in zip(sorted(ids), is_valid):
             split = "valid" if v else "train"
             source = pools[split][int(rng.integers(len(pools[split])))]
-            os.link(os.path.join(audio.EMBEDDED, "train_mp3s", source["id"] + ".mp3"), os.path.join(mp3s, id_ + ".mp3"))
+            os.link(os.path.join(manifest.EMBEDDED, "train_mp3s", source["id"] + ".mp3"), os.path.join(mp3s, id_ + ".mp3"))
             w.writerow([id_, source["sentence"], split])
     os.replace(tmp, os.path.join(folder, "train.csv"))
     print(f"built {folder}: {rows:,} rows ({valid:,} valid) in {time.monotonic() - started:.0f} s")

@@ -25,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
-from data import divergence  # noqa: E402
 import train_part  # noqa: E402
+from training import divergence, lm  # noqa: E402
 
 
 class SumOnly(divergence.Watch):
@@ -74,10 +74,9 @@ def time_alone(model_args):
         watch.observe(loss, 4096, norm)
     observe_us = (time.perf_counter() - t0) / n * 1e6
     # the scan: the lm model and AdamW moments as training holds them
-    from data import text as text_data
-    from data.config import apply_settings
-    cfg = apply_settings(text_data.LMConfig(), [a for a in model_args if a != "--set"])
-    model, _ = text_data.build_lm(cfg, torch.device("cpu"), 0, 1, None)
+    from training.config import apply_settings
+    cfg = apply_settings(lm.LMConfig(), [a for a in model_args if a != "--set"])
+    model, _ = lm.build(cfg, torch.device("cpu"), 0, 1, None)
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
     optimizer.step()

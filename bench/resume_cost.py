@@ -24,19 +24,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import ckpt  # noqa: E402
 import torch  # noqa: E402
-from data import audio  # noqa: E402
-from data.config import apply_settings  # noqa: E402
+from data import manifest  # noqa: E402
+from training import asr  # noqa: E402
+from training.config import apply_settings  # noqa: E402
 
 
 def make_manifest(folder, copies):
-    with open(os.path.join(audio.EMBEDDED, "train.csv"), newline="", encoding="utf-8") as f:
+    with open(os.path.join(manifest.EMBEDDED, "train.csv"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     path = os.path.join(folder, "big.csv")
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["id", "path", "sentence", "split"])
         for r in rows:
-            mp3 = os.path.join(audio.EMBEDDED, "train_mp3s", r["id"] + ".mp3")
+            mp3 = os.path.join(manifest.EMBEDDED, "train_mp3s", r["id"] + ".mp3")
             for c in range(copies if r["split"] == "train" else 1):
                 w.writerow([f"{r['id']}_{c}", mp3, r["sentence"], r["split"]])
     return path
@@ -47,9 +48,9 @@ def main():
     p.add_argument("--copies", type=int, default=50)
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="baton-resume-")
-    manifest = make_manifest(work, args.copies)
+    csv_path = make_manifest(work, args.copies)
     out = os.path.join(work, "run")
-    common = ["--task", "asr", "--data", manifest, "--set", "eval_every_steps=0", "--set", "save_every_steps=0"]
+    common = ["--task", "asr", "--data", csv_path, "--set", "eval_every_steps=0", "--set", "save_every_steps=0"]
     subprocess.run([sys.executable, os.path.join(ROOT, "train_part.py"), *common, "--out", out, "--max-steps", "1"],
                    check=True, capture_output=True)
     base = ckpt.load(os.path.join(out, "checkpoint_part1.safetensors"))
@@ -57,8 +58,8 @@ def main():
     print(f"epoch: {per_epoch} micro-batches of 8 clips; torch {torch.__version__}, {os.cpu_count()} CPUs")
 
     # The alternative's cost: decode and discard the batches before the position, same data path.
-    cfg = apply_settings(audio.ASRConfig(), [f"data={manifest}"])
-    _, data = audio.build_asr(cfg, torch.device("cpu"))
+    cfg = apply_settings(asr.ASRConfig(), [f"data={csv_path}"])
+    _, data = asr.build(cfg, torch.device("cpu"))
     batches = data.sampler.batches(0)
 
     print(f"{'position':>9s} {'batch':>6s} {'Baton: start to first step':>27s} {'discarding batches first':>25s}")

@@ -1,17 +1,15 @@
-"""Data for Baton's tasks: one module per modality (text, audio, table), each with the wiring its task
-trains on, the resumable sampler, embedded samples.
+"""Data only: reading, checking and serving what the tasks train on, with nothing of the models or
+the training stage (nothing here imports model/ or training/).
 
-Each task's data object (`text.LMData`, `audio.ASRData`, `table.RegData`) offers the same few
-things to train_part.py: a `sampler` (this rank's micro-batches of training indices, per epoch),
-`batches(index_batches, epoch)` yielding `(inputs, count)` where `model(**inputs)` returns
-`(output, loss summed over count units)`, `evaluate(model, keep_going)` giving additive sums over
-this rank's share of the validation set, `summarize(sums)` turning the sums of all ranks into
-metrics, `best_metric` (lower is better), `meta` (what inference needs besides the weights), and a
-`fingerprint` of the training data.
-
-Beside the tasks, three helpers of the training stage (train_part.py) live here, since the top
-level holds only the stages, ckpt.py and the packages: config.py (the settings every task has),
-divergence.py (what counts as a diverging run) and record.py (the run's metrics.json and plots)."""
+- text.py: corpora, token files (a corpus tokenized once, memory-mapped by every part), windows;
+  tokenizers.py: bytes, characters, GPT-2's BPE;
+- manifest.py: which speech clips, with which transcripts and split; audio.py: 16 kHz audio, the
+  dataset, batches and the manifest check a run keeps; transcripts.py: normalisation, the CTC
+  vocabulary, Bengali post-processing, WER and CER;
+- table.py: CSV tables, the target's log scale, SMAPE;
+- sampler.py: the resumable order of training examples; inputs.py: where attached inputs live;
+- samples/: the embedded default data, and make_*.py: the scripts that made it.
+"""
 
 import numpy as np
 import xxhash

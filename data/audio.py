@@ -1,12 +1,11 @@
-"""Speech data for the `asr` task: manifests, 16 kHz audio, transcripts, the CTC vocabulary, batches,
-metrics, and the task itself (its config `ASRConfig`, its data `ASRData`, and `build_asr`).
+"""Speech audio: 16 kHz clips, the dataset that checks and serves them, batches, and the manifest
+check that a run makes once and keeps.
 
-A manifest is a list of `Utterance`s (id, audio path, sentence, split) read from a CSV or a folder.
-`AudioDataset` checks it once up front, drops what cannot be used and says how much in one line,
-so a bad row in a million never stops a twelve-hour run. Each item is a whole clip decoded to
-mono float32 at 16 kHz and normalised per utterance as wav2vec2 expects; `collate` pads a batch
-and carries the true lengths with it. Transcripts are normalised (NFC, no punctuation) before
-they become CTC labels through `CharVocab`, which reads and writes Hugging Face's vocab.json.
+`AudioDataset` checks a manifest (data/manifest.py) up front, drops what cannot be used and says
+how much in one line, so a bad row in a million never stops a twelve-hour run. Each item is a whole
+clip decoded to mono float32 at 16 kHz and normalised per utterance as wav2vec2 expects; `collate`
+pads a batch and carries the true lengths with it. Transcripts become CTC labels through
+data/transcripts.py's `CharVocab`.
 
 Checking a large manifest (reading it, a stat per clip) costs ~10 s at Bengali.AI's ~960k clips,
 the same for every part of a run; `manifest_check` keeps the outcome in the run folder
@@ -16,16 +15,11 @@ Nothing here is random: augmentation, if any, belongs to the model, so the data 
 depends only on the sampler's order.
 """
 
-import collections.abc
-import csv
-import dataclasses
 import itertools
 import json
 import os
 import shutil
 import stat
-import typing
-import unicodedata
 import zipfile
 from dataclasses import dataclass
 
@@ -34,214 +28,13 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 import xxhash
-from tqdm import tqdm
 
 import ckpt
-import model as models
 from data import DataError, held_out
-from data.config import ConfigError, TrainConfig
-from data.sampler import EpochSampler
-from model.wav2vec2 import Wav2Vec2Config
+from data.manifest import AUDIO_SUFFIXES, EMBEDDED, Strings, Utterances, read_columns, read_manifest
+from data.transcripts import BOS, DELIM, EOS, PAD, UNK, CharVocab, normalize_text
 
 SAMPLE_RATE = 16_000  # what every wav2vec2 checkpoint was trained on
-SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
-EMBEDDED = os.path.join(SAMPLES, "bengali_speech")  # made by data/make_bengali_speech.py
-EMBEDDED_TEST = os.path.join(EMBEDDED, "test_mp3s")  # its test clips, transcripts in test_references.csv
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
-SENTENCE_END = ("।", "?", "!")  # the danda (U+0964) ends a Bengali statement
-
-# ---------------------------------------------------------------------------------------------
-# Manifests
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Utterance:
-    id: str
-    path: str  # absolute path of the audio file
-    sentence: str | None = None  # the transcript as written in the CSV (None for inference)
-    split: str | None = None  # "train", "valid", ... when the CSV has a split column
-
-
-def read_manifest(path="", require_text=True, split=None):
-    """The utterances named by `path`; "" means the embedded Bengali sample.
-
-    path may be
-    - a CSV (or Common Voice style .tsv) with a `path` column: audio paths relative to the CSV's
-      folder, or absolute; ids are the `id` column if there is one, else the file names' stems;
-    - a CSV with an `id` column and no `path` (the Bengali.AI layout): the audio is
-      `train_mp3s/{id}.mp3` beside the CSV when that folder exists, else `{id}.<ext>` next to it;
-    - a folder holding `train.csv` (a Bengali.AI download): that CSV;
-    - a folder of audio files, or one audio file (inference): every wav/flac/mp3/ogg in it,
-      id = file stem, sorted by id.
-    The transcript column is `sentence`, required when `require_text`. `split` keeps only the rows
-    whose `split` column equals it; a CSV without that column is returned whole, every split None.
-    """
-    path = path or EMBEDDED
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "train.csv")):
-            return read_manifest(os.path.join(path, "train.csv"), require_text, split)
-        return _audio_folder(path, require_text)
-    if not os.path.isfile(path):
-        raise DataError(f"speech data {path} does not exist; give a CSV, a folder of audio or a Bengali.AI folder")
-    if path.lower().endswith(AUDIO_SUFFIXES):
-        if require_text:
-            raise DataError(f"{path} is a single audio file with no transcript; training needs a CSV with a sentence column")
-        return [Utterance(_stem(path), os.path.abspath(path))]
-    return _read_csv(path, require_text, split)
-
-
-def _stem(path):
-    return os.path.splitext(os.path.basename(path))[0]
-
-
-def _audio_folder(folder, require_text):
-    names = sorted((_stem(n), n) for n in os.listdir(folder) if n.lower().endswith(AUDIO_SUFFIXES))
-    if not names:
-        raise DataError(f"folder {folder} has no train.csv and no audio files ({', '.join(AUDIO_SUFFIXES)})")
-    if require_text:
-        raise DataError(f"folder {folder} holds audio but no transcripts; training needs a CSV with a sentence "
-                        f"column (or a Bengali.AI folder with train.csv)")
-    return [Utterance(stem, os.path.abspath(os.path.join(folder, name))) for stem, name in names]
-
-
-def _read_csv(path, require_text, split):
-    return list(_read_columns(path, require_text, split))
-
-
-def _read_rows(path):
-    """(column names, rows as lists of str). csv.reader, not DictReader: a dict per row costs
-    twice the time and memory on a million rows. Blank lines are skipped, as DictReader does."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate the BOM Excel writes
-            reader = csv.reader(f, delimiter="\t" if path.lower().endswith(".tsv") else ",")
-            columns = [c.strip() for c in next(reader, None) or []]
-            rows = [row for row in reader if row]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path} is not a UTF-8 CSV file ({e})") from None
-    return columns, rows
-
-
-def _read_columns(path, require_text, split):
-    """The CSV's utterances as an `Utterances` of plain lists (see read_manifest for the layouts)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    columns, rows = _read_rows(path)
-    if not columns:
-        raise DataError(f"{path} is empty; it needs a header row with id (or path) and sentence columns")
-    if "path" not in columns and "id" not in columns:
-        raise DataError(f"{path} has no 'path' or 'id' column (it has: {', '.join(columns)})")
-    if require_text and "sentence" not in columns:
-        raise DataError(f"{path} has no 'sentence' column (it has: {', '.join(columns)}); training needs transcripts")
-    if not rows:
-        raise DataError(f"{path} has a header but no rows")
-
-    def column(name):  # stripped cells; a short row's missing cells are ""
-        if name not in columns:
-            return None
-        j = columns.index(name)
-        return [row[j].strip() if j < len(row) else "" for row in rows]
-
-    splits = column("split")
-    if split is not None and splits is not None:
-        chosen = [s == split for s in splits]
-        rows, splits = list(itertools.compress(rows, chosen)), list(itertools.compress(splits, chosen))
-    ids, sentences = column("id"), column("sentence")
-    if "path" in columns:  # plain layout: paths relative to the CSV's folder, or absolute
-        names = column("path")
-        ids = [id_ or _stem(name) for id_, name in zip(ids or [""] * len(names), names)]
-    elif os.path.isdir(os.path.join(folder, "train_mp3s")):
-        # The Bengali.AI layout; no listing of its ~960k names is needed.
-        names = ["train_mp3s" + os.sep + id_ + ".mp3" for id_ in ids]
-    else:  # Bengali.AI ids with the audio beside the CSV; a missing file is counted later
-        beside = {_stem(n): n for n in os.listdir(folder) if n.lower().endswith(AUDIO_SUFFIXES)}
-        names = [beside.get(id_, id_ + ".mp3") for id_ in ids]
-        ids = [id_ or _stem(name) for id_, name in zip(ids, names)]
-    empty = [""] * len(names)
-    return Utterances(folder, {"id": ids, "name": names, "sentence": sentences, "split": splits or empty})
-
-
-class Strings:
-    """A column of strings packed into two arrays: the UTF-8 bytes of all of them end to end, and
-    where each one starts (`offsets`, one more than there are strings).
-
-    Why: a million str objects cost ~100 bytes each, and a DataLoader worker (a forked process)
-    that merely reads them touches their reference counts, so the pages holding them are copied
-    into every worker (copy-on-write). Two arrays are read without being written to, shared by all
-    processes, and saved to a file as they are."""
-
-    def __init__(self, data, offsets):
-        self.data, self.offsets = data, offsets
-
-    @classmethod
-    def pack(cls, texts):
-        encoded = [t.encode() for t in texts]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
-        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
-
-    def __len__(self):
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i):
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        i %= len(self)
-        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
-
-    def subset(self, keep):
-        """The strings where the boolean mask `keep` is True, in order (no Python loop)."""
-        sizes = np.diff(self.offsets)
-        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
-        np.cumsum(sizes[keep], out=offsets[1:])
-        return Strings(self.data[np.repeat(keep, sizes)], offsets)
-
-
-class Utterances(collections.abc.Sequence):
-    """A manifest's utterances held as columns: id, name (the audio path relative to `folder`, or
-    absolute), sentence and split ("" for none). Each column is a list of str while a manifest is
-    read and checked, and a packed `Strings` once kept (`packed`). Indexing gives an `Utterance`."""
-
-    COLUMNS = ("id", "name", "sentence", "split")
-
-    def __init__(self, folder, columns):
-        self.folder, self.columns = folder, columns
-
-    def __len__(self):
-        return len(self.columns["id"])
-
-    def __getitem__(self, i):
-        name, sentence = self.columns["name"][i], self.columns["sentence"]
-        return Utterance(self.columns["id"][i], os.path.join(self.folder, name) if name else "",
-                         None if sentence is None else sentence[i], self.columns["split"][i] or None)
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def paths(self):
-        """Every audio path, as a list (one string concatenation each: a million joins cost ~1 s)."""
-        prefix = os.path.join(self.folder, "")
-        return [name if not name or os.path.isabs(name) else prefix + name for name in self.columns["name"]]
-
-    def column(self, name):
-        values = self.columns[name]
-        return values if isinstance(values, list) else [values[i] for i in range(len(values))]
-
-    def subset(self, keep):
-        """The utterances where the boolean mask `keep` is True, in order."""
-        def subset(values):
-            if values is None or isinstance(values, Strings):
-                return values if values is None else values.subset(keep)
-            return list(itertools.compress(values, keep))
-        return Utterances(self.folder, {name: subset(values) for name, values in self.columns.items()})
-
-    def packed(self):
-        return Utterances(self.folder, {name: Strings.pack(values) if isinstance(values, list) else values
-                                        for name, values in self.columns.items()})
-
-
-# ---------------------------------------------------------------------------------------------
-# Audio
-# ---------------------------------------------------------------------------------------------
 
 
 def load_audio(path):
@@ -276,58 +69,6 @@ def audio_seconds(path):
         raise DataError(f"cannot read the header of audio file {path} ({getattr(e, 'error_string', e)})") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Text
-# ---------------------------------------------------------------------------------------------
-
-
-def normalize_text(text, keep=None):
-    """A transcript as the model should learn it: NFC, no punctuation, single spaces.
-
-    NFC first, so one spelling has one code-point sequence (Bengali য় ড় ঢ় are composition
-    exclusions: NFC always gives the two code points য + ়, whichever way they were typed).
-    Punctuation (Unicode category P: danda, ?, !, commas, quotes, hyphens) becomes a space, so
-    "হ্যাঁ,এক" stays two words; characters in `keep` survive. Apostrophes are deleted instead
-    ("don't" -> "dont"). Invisible format characters (zero-width joiner and non-joiner, BOM) are
-    dropped: they change how a word is drawn, not how it sounds. Case is kept.
-    """
-    keep = frozenset(keep or ())
-    table = _TABLES.get(keep)
-    if table is None:
-        table = _TABLES[keep] = _Translation(keep)
-    return " ".join(unicodedata.normalize("NFC", text).translate(table).split())
-
-
-class _Translation(dict):
-    """normalize_text's str.translate table (code point -> replacement), filled in as characters
-    are first met: translate runs in C, where a loop over characters costs ~3x more (Bengali.AI's
-    ~960k sentences are normalised in ~2 s instead of ~6 s)."""
-
-    def __init__(self, keep):
-        super().__init__()
-        self.keep = keep
-
-    def __missing__(self, code):
-        c = chr(code)
-        category = unicodedata.category(c)
-        if c in self.keep:
-            out = c
-        elif c in "'’" or category == "Cf":
-            out = ""
-        elif category[0] == "P":
-            out = " "
-        else:
-            out = c
-        self[code] = out
-        return out
-
-
-_TABLES = {}  # frozenset(keep) -> its _Translation
-
-
-PAD, BOS, EOS, UNK, DELIM = "<pad>", "<s>", "</s>", "<unk>", "|"
-
-
 def write_hf_processor(folder, layer_norm_features):
     """The files beside vocab.json that make `transformers.pipeline("automatic-speech-recognition")`
     open an exported folder: the feature extractor does what load_audio does (16 kHz mono, then
@@ -353,117 +94,8 @@ def write_hf_processor(folder, layer_norm_features):
             json.dump(content, f, indent=2)
 
 
-class CharVocab:
-    """Characters <-> CTC label ids, with Hugging Face's vocab.json conventions.
-
-    "<pad>" is id 0 and doubles as the CTC blank (transformers passes pad_token_id as the blank);
-    "|" stands for the space between words. "<s>" and "</s>" are never predicted but are kept so
-    that Wav2Vec2CTCTokenizer opens our vocab.json without adding tokens. Vocabularies written the
-    other common way ("[PAD]", "[UNK]" at the end) are read too. Punctuation characters in the
-    vocabulary are kept by `encode`'s normalisation, so a vocab built with `keep="।?!"` stays
-    consistent after a round trip through vocab.json.
-    """
-
-    def __init__(self, token_to_id):
-        self.token_to_id = {str(t): int(i) for t, i in token_to_id.items()}
-        self.id_to_token = {i: t for t, i in self.token_to_id.items()}
-        if len(self.id_to_token) != len(self.token_to_id):
-            raise DataError("the vocabulary gives two tokens the same id; check vocab.json")
-        pad = next((t for t in (PAD, "[PAD]") if t in self.token_to_id), None)
-        unk = next((t for t in (UNK, "[UNK]") if t in self.token_to_id), None)
-        if pad is None or unk is None or DELIM not in self.token_to_id:
-            raise DataError(f"a CTC vocabulary needs {PAD} (or [PAD]), {UNK} (or [UNK]) and {DELIM}; check vocab.json")
-        self.pad_id, self.unk_id = self.token_to_id[pad], self.token_to_id[unk]
-        self.special_ids = {self.token_to_id[t] for t in (pad, unk, BOS, EOS) if t in self.token_to_id}
-        self.keep = {t for t in self.token_to_id if len(t) == 1 and unicodedata.category(t)[0] == "P"}
-
-    @classmethod
-    def build(cls, sentences, keep=None):
-        """The vocabulary of the normalised sentences: specials, then characters in code-point order."""
-        return cls.of_texts(normalize_text(s or "", keep) for s in sentences)
-
-    @classmethod
-    def of_texts(cls, texts):
-        """`build` for texts normalised already."""
-        chars = set("".join(texts)) - {" ", DELIM}
-        tokens = [PAD, BOS, EOS, UNK, DELIM] + sorted(chars)
-        return cls({t: i for i, t in enumerate(tokens)})
-
-    @classmethod
-    def from_dict(cls, token_to_id):
-        return cls(token_to_id)
-
-    def to_dict(self):
-        """The vocab.json content: token -> id, in id order."""
-        return dict(sorted(self.token_to_id.items(), key=lambda kv: kv[1]))
-
-    def __len__(self):
-        return len(self.token_to_id)
-
-    def encode(self, text):
-        """Label ids of the normalised text; characters the vocabulary lacks become <unk>."""
-        text = normalize_text(text, self.keep)
-        return [self.token_to_id.get(DELIM if c == " " else c, self.unk_id) for c in text]
-
-    def decode(self, ids):
-        """Label ids back to text, one token per id (for labels; model output needs decode_ctc)."""
-        return self._join(int(i) for i in _as_list(ids) if int(i) not in self.special_ids)
-
-    def decode_ctc(self, ids):
-        """Greedy CTC decoding of per-frame argmax ids: merge repeats, then drop blanks.
-
-        The order matters: "a <blank> a" is two a's, "a a" is one. Other special tokens are dropped
-        too (an <unk> in a submission would only add an error). Spaces are kept as the model gave
-        them, as transformers' Wav2Vec2CTCTokenizer does ("| <blank> |" is two), stripped at the
-        ends; post-processing (postprocess_bengali, normalize_text) makes them single.
-        """
-        kept, previous = [], None
-        for i in _as_list(ids):
-            i = int(i)
-            if i != previous and i not in self.special_ids:
-                kept.append(i)
-            previous = i
-        return "".join(" " if self.id_to_token.get(i) == DELIM else self.id_to_token.get(i, "") for i in kept).strip()
-
-    def decode_greedy(self, logits, frames):
-        """Best path decoding of a batch: logits (B, T, V), frames (B,) real frames -> B strings."""
-        best_ids = logits.argmax(dim=-1).cpu()  # (B, T)
-        return [self.decode_ctc(best_ids[row, : int(frames[row])].tolist()) for row in range(len(best_ids))]
-
-    def _join(self, ids):
-        text = "".join(" " if self.id_to_token.get(i) == DELIM else self.id_to_token.get(i, "") for i in ids)
-        return " ".join(text.split())
-
-
-def _as_list(ids):
-    return ids.tolist() if hasattr(ids, "tolist") else list(ids)
-
-
-def sentences_of(path):
-    """The normalised sentences of a text file (one a line) or of a manifest's `sentence` column
-    (its training rows only, when it has a `split` column): what a decoding LM is built from."""
-    if path.lower().endswith((".csv", ".tsv")):
-        columns, rows = _read_rows(path)
-        if "sentence" not in columns:
-            raise DataError(f"{path} has no 'sentence' column to build a language model from")
-        rows = [dict(itertools.zip_longest(columns, row)) for row in rows]  # a short row's cells: None
-        texts = [row.get("sentence") or "" for row in rows if row.get("split", "train") in ("train", "")]
-    else:
-        with open(path, encoding="utf-8") as f:
-            texts = f.read().splitlines()
-    return [normalize_text(t) for t in texts]
-
-
-def postprocess_bengali(text):
-    """A prediction as submission.csv wants it: NFC, single spaces, ending in a danda unless it ends in ।, ? or !."""
-    text = " ".join(unicodedata.normalize("NFC", text).split())
-    if text and not text.endswith(SENTENCE_END):
-        text += "।"
-    return text
-
-
 # ---------------------------------------------------------------------------------------------
-# Dataset and batches
+# The dataset and its batches
 # ---------------------------------------------------------------------------------------------
 
 
@@ -477,7 +109,7 @@ class AudioDataset(torch.utils.data.Dataset):
     given, file missing, header unreadable, longer than max_seconds); failures are dropped and
     counted in `self.report`. `self.items` are the kept utterances and `self.lengths` their lengths
     in 16 kHz samples (for length-grouped batches). `texts`, if given, are the sentences normalised
-    with the vocab's `keep` already (ASRData has them: it built the vocabulary from them).
+    with the vocab's `keep` already (the manifest check has them: it built the vocabulary from them).
 
     Reading every header costs ~0.15 ms per MP3 with a warm page cache, so a few minutes for the
     ~960k clips of Bengali.AI, and much more on a cold network disk. Above `header_limit` clips
@@ -487,7 +119,7 @@ class AudioDataset(torch.utils.data.Dataset):
     __getitem__ with `bad` set, and `collate` drops them, so training goes on.
 
     Even one stat per clip is ~10 s at a million clips on a network disk, so the outcome of the
-    check (kept items, lengths, report) is what ASRData keeps in its manifest cache for later
+    check (kept items, lengths, report) is what `manifest_check` keeps in its cache for later
     parts, which build the dataset with `AudioDataset.checked` and touch no file.
 
     cache=True decodes every clip once here and keeps it in memory (the embedded sample is 47 MB
@@ -515,7 +147,7 @@ class AudioDataset(torch.utils.data.Dataset):
 
     @classmethod
     def checked(cls, items, lengths, report, vocab=None, max_seconds=None, estimated=False, audio=None):
-        """A dataset of clips checked before (by an earlier part: ASRData's manifest cache), taken as they are."""
+        """A dataset of clips checked before (by an earlier part: the manifest cache), taken as they are."""
         dataset = cls.__new__(cls)
         dataset._adopt(items, list(lengths), report, vocab, max_seconds, estimated, audio)
         return dataset
@@ -649,148 +281,6 @@ def collate(items):
     return batch
 
 
-class ASRData:
-    """The asr task's data: a manifest split into training clips (decoded by DataLoader workers, or
-    kept decoded in memory when the set is small) and a fixed validation subset of at most
-    `eval_max_clips`; the validation CTC loss with greedy WER and CER.
-
-    The split is the manifest's `split` column, or a hash of each id (`val_fraction`). The
-    vocabulary is the checkpoint's when resuming (label ids keep their meaning), else built from
-    the training transcripts.
-
-    What it is built from is a `ManifestCheck`: the usable training clips with their lengths, the
-    validation subset, the vocabulary and the fingerprint. Making one reads the whole CSV and
-    stats every file (~10 s or far more at Bengali.AI's ~960k clips), and it depends only on the
-    CSV and a few settings, so a run keeps it beside its checkpoints (see `manifest_check`) and a
-    later part loads it in a fraction of a second. Either way the same check gives the same data
-    object: the same items, lengths and therefore the same batches."""
-
-    best_metric = "wer"  # picks best_model.safetensors (lower is better)
-
-    def __init__(self, check, cfg, device, rank=0, world=1):
-        self.vocab = check.vocab
-        self.train = AudioDataset.checked(check.train, check.lengths, check.report, self.vocab,
-                                          max_seconds=cfg.max_seconds, estimated=check.estimated, audio=check.audio)
-        self.val = AudioDataset(check.val, self.vocab, cache=True)  # <= eval_max_clips clips: cheap to check again
-        self.device, self.batch_size, self.num_workers = device, cfg.batch_size, cfg.num_workers
-        # This rank's share of the validation clips, in batches of similar length (they pad less).
-        self.val_by_length = sorted(range(len(self.val)), key=lambda i: self.val.lengths[i])[rank::world]
-        self.references = [normalize_text(item.sentence) for item in self.val.items]
-        self.fingerprint = check.fingerprint
-        self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True,
-                                    lengths=np.asarray(self.train.lengths), rank=rank, world_size=world)
-        self.meta = {"vocab": self.vocab.to_dict()}
-
-    def batches(self, index_batches, epoch):
-        # The loader gets its own generator: creating an iterator otherwise draws a seed from the
-        # global torch RNG, and a resumed run creates one more iterator than an uninterrupted one.
-        loader = torch.utils.data.DataLoader(self.train, batch_sampler=index_batches, num_workers=self.num_workers,
-                                             collate_fn=collate, pin_memory=self.device.type == "cuda",
-                                             generator=torch.Generator())
-        for batch in loader:
-            count = int(batch["label_lengths"].sum()) if batch["label_lengths"] is not None else 0
-            yield self.model_inputs(batch), count  # count 0: every clip of this micro-batch was unreadable
-
-    def model_inputs(self, batch):
-        """What Wav2Vec2ForCTC's forward takes from a collated batch, on the device."""
-        return {k: batch[k].to(self.device, non_blocking=True) if batch[k] is not None else None
-                for k in ("input_values", "attention_mask", "labels", "label_lengths")}
-
-    @torch.no_grad()
-    def evaluate(self, model, keep_going):
-        hypotheses, total, labels = {}, 0.0, 0
-        for start in range(0, len(self.val_by_length), self.batch_size):
-            if not keep_going():
-                return None
-            rows = self.val_by_length[start:start + self.batch_size]
-            batch = collate([self.val[i] for i in rows])
-            (logits, frames), loss_sum = model(**self.model_inputs(batch))
-            total += loss_sum.item()
-            labels += int(batch["label_lengths"].sum())
-            hypotheses.update(zip(rows, self.vocab.decode_greedy(logits, frames)))
-        for i in sorted(hypotheses)[:2]:
-            tqdm.write(f"  ref: {self.references[i]}\n  hyp: {hypotheses[i]}")
-        refs, hyps = [self.references[i] for i in hypotheses], [" ".join(h.split()) for h in hypotheses.values()]
-        word_errors, words = error_counts(refs, hyps, words=True)
-        char_errors, chars = error_counts(refs, hyps, words=False)
-        return {"loss": total, "labels": labels, "word_errors": word_errors, "words": words,
-                "char_errors": char_errors, "chars": chars}
-
-    @staticmethod
-    def summarize(sums):
-        return {"val_loss": sums["loss"] / max(sums["labels"], 1),
-                "wer": error_rate(sums["word_errors"], sums["words"]),
-                "cer": error_rate(sums["char_errors"], sums["chars"])}
-
-
-@dataclasses.dataclass
-class ASRConfig(TrainConfig):
-    """The asr task: a wav2vec2 encoder + CTC head on speech, scored by WER and CER.
-
-    `--set preset=NAME` first sets the fields in PRESETS[NAME] (the other --set values win), and
-    picks the architecture when no `pretrained` folder is given.
-    """
-    PRESETS: typing.ClassVar[dict] = {
-        # learns from scratch on a CPU: the defaults below
-        "tiny": dict(epochs=40, batch_size=8, grad_accum=1, lr=2e-3, warmup_steps=150, freeze_feature_encoder=False,
-                     grad_checkpointing=False, num_workers=0, mask_time_prob=0.05, layerdrop=0.0),
-        # wav2vec2-base fine-tuning on one GPU
-        "base": dict(epochs=30, batch_size=8, grad_accum=2, lr=1e-4, warmup_steps=500, freeze_feature_encoder=True,
-                     grad_checkpointing=False, num_workers=2, mask_time_prob=0.05, layerdrop=0.05),
-        # wav2vec2-large-xlsr-53 on a 16 GB P100/T4 as in the seeds: batch 1 x accumulation 8,
-        # gradient checkpointing, fp16 (the default on those GPUs), frozen feature encoder, 70
-        # epochs then 7 at 5e-6. A full checkpoint is ~3.8 GB (weights + AdamW moments), so one
-        # rolling file is kept: Kaggle saves at most 20 GB of output.
-        "xlsr53": dict(epochs=70, phase2_epochs=7, phase2_lr=5e-6, batch_size=1, grad_accum=8, lr=1e-4,
-                       warmup_steps=500, freeze_feature_encoder=True, grad_checkpointing=True, num_workers=2,
-                       mask_time_prob=0.05, layerdrop=0.1, keep_last=1, save_every_minutes=60, save_every_steps=0),
-    }
-    preset: str = "tiny"            # architecture + training defaults: tiny (CPU), base, xlsr53
-    pretrained: str = ""            # a Hugging Face wav2vec2 folder (config.json + model.safetensors) to fine-tune
-    epochs: int = 40
-    batch_size: int = 8
-    lr: float = 2e-3
-    warmup_steps: int = 150
-    eval_every_steps: int = 100
-    save_every_steps: int = 200
-    max_seconds: float = 15.0       # longer training clips are dropped (and counted)
-    val_fraction: float = 0.1       # held out by id when the manifest has no split column
-    eval_max_clips: int = 200       # validation clips per evaluation (evenly spread)
-    freeze_feature_encoder: bool = False  # keep the pretrained conv stack fixed (saves memory, standard for fine-tuning)
-    num_workers: int = 0            # audio decoding processes (0 = in the training process)
-    mask_time_prob: float = 0.05    # SpecAugment: share of frames masked in training
-    mask_feature_prob: float = 0.0  # SpecAugment: share of channels masked in training
-    layerdrop: float = 0.0          # probability of skipping a whole transformer layer in training
-    hidden_dropout: float = 0.1     # dropout in the transformer (attention output, feed-forward)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.preset not in self.PRESETS:
-            raise ConfigError(f"unknown asr preset {self.preset!r}; choose one of {', '.join(self.PRESETS)}")
-        if self.max_seconds <= 0 or self.eval_max_clips < 1 or self.num_workers < 0:
-            raise ConfigError("max_seconds and eval_max_clips must be positive, num_workers 0 or more")
-
-
-def build_asr(cfg, device, rank=0, world=1, saved=None, workdir=None):
-    """(model, data) of the asr task; `saved` is the checkpoint a run resumes from, or None;
-    `workdir` the run's folder, where the manifest check is kept for later parts (None: not kept)."""
-    # On resume, the checkpoint's vocabulary, so label ids keep their meaning.
-    vocab = CharVocab.from_dict(saved.meta["task_meta"]["vocab"]) if saved else None
-    check = manifest_check(cfg, vocab, workdir, saved, rank)
-    data = ASRData(check, cfg, device, rank, world)
-    print(f"data: train: {data.train.report}\n      valid: {data.val.report}\n      vocabulary: {len(data.vocab)} symbols")
-    if len(data.train) == 0 or len(data.val) == 0:
-        raise DataError("no usable clips left after dropping the bad ones (see the counts above)")
-    arch = {"tiny": "tiny", "base": "base", "xlsr53": "large"}[cfg.preset]
-    model = models.pretrained_or_fresh("asr", cfg.pretrained, saved, Wav2Vec2Config.preset(arch, vocab_size=len(data.vocab)),
-                                       {"vocab_size": len(data.vocab)}, mask_time_prob=cfg.mask_time_prob,
-                                       mask_feature_prob=cfg.mask_feature_prob, layerdrop=cfg.layerdrop,
-                                       hidden_dropout=cfg.hidden_dropout)
-    if cfg.freeze_feature_encoder:
-        model.freeze_feature_encoder()
-    return model, data
-
-
 # ---------------------------------------------------------------------------------------------
 # The manifest check, and its cache
 #
@@ -809,6 +299,7 @@ def build_asr(cfg, device, rank=0, world=1, saved=None, workdir=None):
 # CRC-32s catch a damaged file; a damaged or stale cache is said in one line and made again.
 # ---------------------------------------------------------------------------------------------
 
+
 CACHE_NAME = "manifest_cache.npz"  # not .safetensors/.pt/.pth: checkpoint discovery skips it
 CACHE_FORMAT = 1  # raise when what is cached, or how the check decides, changes
 IN_MEMORY_CLIPS = 2_000  # manifests up to this size are decoded into memory; no cache (nothing to save)
@@ -816,7 +307,7 @@ IN_MEMORY_CLIPS = 2_000  # manifests up to this size are decoded into memory; no
 
 @dataclass
 class ManifestCheck:
-    """What checking a manifest found: everything ASRData needs that depends only on the data."""
+    """What checking a manifest found: everything the asr task (training/asr.py) needs that depends only on the data."""
     vocab: CharVocab
     train: Utterances  # the usable training clips, packed
     lengths: list      # their lengths in samples
@@ -829,7 +320,7 @@ class ManifestCheck:
 
 def check_manifest(csv_path, cfg, vocab=None):
     """The costly path: read the whole manifest, split it, build the vocabulary unless given, check every clip."""
-    manifest = _read_columns(csv_path, require_text=True, split=None)
+    manifest = read_columns(csv_path, require_text=True, split=None)
     splits = manifest.column("split")
     if any(splits):
         train_mask = np.array([s in ("", "train") for s in splits], dtype=bool)
@@ -979,72 +470,3 @@ def _remove(path):
         os.remove(path)
     except OSError:
         pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------------------------
-
-
-def wer(references, hypotheses):
-    """Word error rate over the whole set: (substitutions + deletions + insertions) / reference words."""
-    return error_rate(*error_counts(references, hypotheses, words=True))
-
-
-def cer(references, hypotheses):
-    """Character error rate over the whole set (spaces count as characters, as in jiwer)."""
-    return error_rate(*error_counts(references, hypotheses, words=False))
-
-
-def error_rate(errors, total):
-    """Errors per reference unit; with nothing to recognise, perfect only if nothing was produced.
-    Counts add up across shards (several processes), rates do not: reduce counts, then call this."""
-    if total == 0:
-        return 0.0 if errors == 0 else 1.0
-    return errors / total
-
-
-def _edit_distance(a, b):
-    """Levenshtein distance between two sequences: substitutions + deletions + insertions."""
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
-
-
-def error_counts(references, hypotheses, words):
-    """(edit errors, reference units) over the whole set, in words or characters."""
-    try:
-        import jiwer  # only evaluation needs it
-    except ImportError:  # Kaggle does not preinstall jiwer, and its internet is often off
-        jiwer = None
-        if not getattr(error_counts, "warned", False):
-            print("note: jiwer is not installed; WER/CER come from Baton's own edit distance (same numbers)")
-            error_counts.warned = True
-
-    references = [references] if isinstance(references, str) else list(references)
-    hypotheses = [hypotheses] if isinstance(hypotheses, str) else list(hypotheses)
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    references = [" ".join(r.split()) for r in references]
-    hypotheses = [" ".join(h.split()) for h in hypotheses]
-
-    def size(text):
-        return len(text.split()) if words else len(text)
-
-    # jiwer (before 4.0) refuses empty references, so those pairs are scored here: every
-    # hypothesis token is an insertion.
-    errors = sum(size(h) for r, h in zip(references, hypotheses) if not r)
-    scored = [(r, h) for r, h in zip(references, hypotheses) if r]
-    total = sum(size(r) for r, _ in scored)
-    if scored and jiwer is not None:
-        process = jiwer.process_words if words else jiwer.process_characters
-        out = process([r for r, _ in scored], [h for _, h in scored])
-        errors += out.substitutions + out.deletions + out.insertions
-    elif scored:
-        units = str.split if words else list
-        errors += sum(_edit_distance(units(r), units(h)) for r, h in scored)
-    return errors, total

@@ -92,6 +92,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    config_class = GPTConfig
+
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg

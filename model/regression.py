@@ -35,6 +35,8 @@ class RegressorConfig:
 
 
 class Regressor(nn.Module):
+    config_class = RegressorConfig
+
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg

@@ -419,6 +419,8 @@ def ctc_loss_sum(logits, frames, labels, label_lengths):
 
 
 class Wav2Vec2ForCTC(nn.Module):
+    config_class = Wav2Vec2Config
+
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg

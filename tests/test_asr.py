@@ -12,11 +12,12 @@ import pytest
 import torch
 
 import ckpt
-from conftest import assert_same_tensors
+from data import audio, manifest, transcripts
 import infer
 import train_part
-from data import audio
-from data.config import apply_settings
+from training import asr
+from training.config import apply_settings
+from conftest import assert_same_tensors
 
 TINY = ["--set", "batch_size=4", "--set", "grad_accum=2", "--set", "eval_every_steps=3", "--set", "warmup_steps=2",
         "--set", "log_every_steps=1", "--set", "save_every_steps=0", "--set", "mask_time_prob=0.3",
@@ -27,12 +28,12 @@ TINY = ["--set", "batch_size=4", "--set", "grad_accum=2", "--set", "eval_every_s
 def clips(tmp_path_factory):
     """A Bengali.AI-layout copy of 24 training and 6 validation clips of the embedded sample."""
     folder = tmp_path_factory.mktemp("speech")
-    with open(os.path.join(audio.EMBEDDED, "train.csv"), newline="", encoding="utf-8") as f:
+    with open(os.path.join(manifest.EMBEDDED, "train.csv"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     chosen = [r for r in rows if r["split"] == "train"][:24] + [r for r in rows if r["split"] == "valid"][:6]
     (folder / "train_mp3s").mkdir()
     for r in chosen:
-        shutil.copy(os.path.join(audio.EMBEDDED, "train_mp3s", r["id"] + ".mp3"), folder / "train_mp3s")
+        shutil.copy(os.path.join(manifest.EMBEDDED, "train_mp3s", r["id"] + ".mp3"), folder / "train_mp3s")
     write_manifest(folder / "train.csv", chosen)
     return folder
 
@@ -67,12 +68,12 @@ def test_submission_has_every_clip_post_processed_and_export_opens(tmp_path, cli
     assert infer.main(["--task", "asr", "--ckpt", str(out), "--out", str(sub), "--batch-size", "4"]) == 0
     with open(sub, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    expected = sorted(os.path.splitext(n)[0] for n in os.listdir(audio.EMBEDDED_TEST))
+    expected = sorted(os.path.splitext(n)[0] for n in os.listdir(manifest.EMBEDDED_TEST))
     assert rows[0] == ["id", "sentence"] and [r[0] for r in rows[1:]] == expected
     for _, sentence in rows[1:]:
-        assert sentence == audio.postprocess_bengali(sentence)
+        assert sentence == transcripts.postprocess_bengali(sentence)
         assert sentence == unicodedata.normalize("NFC", sentence) and "  " not in sentence
-        assert sentence == "" or sentence.endswith(audio.SENTENCE_END)
+        assert sentence == "" or sentence.endswith(transcripts.SENTENCE_END)
     assert any(sentence for _, sentence in rows[1:])
 
     hf = tmp_path / "hf"
@@ -92,7 +93,7 @@ def test_export_opens_in_a_transformers_pipeline_and_transcribes_as_infer_does(t
     saved = ckpt.load(tmp_path / "run" / "checkpoint_part1.safetensors")
     vocab = saved.meta["task_meta"]["vocab"]
     bias = saved.state["model"]["lm_head.bias"].clone()
-    bias[[vocab[t] for t in (audio.BOS, audio.EOS, audio.UNK)]] = -1e4
+    bias[[vocab[t] for t in (transcripts.BOS, transcripts.EOS, transcripts.UNK)]] = -1e4
     saved.state["model"]["lm_head.bias"] = bias
     meta = {k: v for k, v in saved.meta.items() if k not in ("format", "created_at", "checksum")}
     ckpt.write_file(tmp_path / "model" / "checkpoint_part1.safetensors", saved.state, meta)
@@ -105,8 +106,8 @@ def test_export_opens_in_a_transformers_pipeline_and_transcribes_as_infer_does(t
     with open(ours, newline="", encoding="utf-8") as f:
         expected = dict(list(csv.reader(f))[1:])
     assert sum(len(text) for text in expected.values()) > 100  # characters to compare, not blanks
-    for name in sorted(os.listdir(audio.EMBEDDED_TEST)):
-        wave, rate = sf.read(os.path.join(audio.EMBEDDED_TEST, name), dtype="float32", always_2d=True)
+    for name in sorted(os.listdir(manifest.EMBEDDED_TEST)):
+        wave, rate = sf.read(os.path.join(manifest.EMBEDDED_TEST, name), dtype="float32", always_2d=True)
         text = pipe({"raw": np.ascontiguousarray(wave.mean(axis=1)), "sampling_rate": rate})["text"]
         assert text == expected[os.path.splitext(name)[0]], name
     again = tmp_path / "again.csv"  # and infer.py reads the exported folder back
@@ -123,8 +124,8 @@ def test_beam_search_with_a_language_model_built_from_the_transcripts(tmp_path, 
     assert "language model: a 3-gram built from 24 sentences" in printed.out  # the training rows only
     with open(sub, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert len(rows) == 1 + len(os.listdir(audio.EMBEDDED_TEST))
-    assert all(sentence == audio.postprocess_bengali(sentence) for _, sentence in rows[1:])
+    assert len(rows) == 1 + len(os.listdir(manifest.EMBEDDED_TEST))
+    assert all(sentence == transcripts.postprocess_bengali(sentence) for _, sentence in rows[1:])
     assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--lm", str(clips / "train.csv")]) == 2
     assert "--lm needs a beam search" in capsys.readouterr().err
 
@@ -167,8 +168,8 @@ def test_bad_inputs_give_one_clear_message(tmp_path, clips, capsys):
 def test_a_micro_batch_whose_clips_all_went_bad_is_skipped(tmp_path, clips, monkeypatch):
     # A clip can pass the up-front check and fail to decode later (a large manifest only reads
     # headers); when every clip of a micro-batch fails, the step trains on the rest of its window.
-    cfg = apply_settings(audio.ASRConfig(), [f"data={clips}", *TINY[1::2]])
-    _, data = audio.build_asr(cfg, torch.device("cpu"))
+    cfg = apply_settings(asr.ASRConfig(), [f"data={clips}", *TINY[1::2]])
+    _, data = asr.build(cfg, torch.device("cpu"))
     first_batch = data.sampler.batches(0)[0]
     bad_ids = {data.train.items[i].id for i in first_batch}
     real = audio.AudioDataset.__getitem__

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 import ckpt
+from training import discovery
 
 
 def sample_state():
@@ -193,9 +194,9 @@ def test_discovery_picks_highest_global_step_not_newest_file_and_skips_corrupt(t
     newest.write_bytes(newest.read_bytes()[:-10])  # a broken upload of the newest one
     for i, p in enumerate(sorted(tmp_path.rglob("*.safetensors"))):  # file times say nothing
         os.utime(p, (1000 + i, 1000 + i))
-    found = ckpt.scan([str(out), str(inputs)])
+    found = discovery.scan([str(out), str(inputs)])
     assert len(found) == 6
-    saved, skipped = ckpt.newest_valid(found, task="lm")
+    saved, skipped = discovery.newest_valid(found, task="lm")
     assert saved.meta["global_step"] == 30
     # the safetensors library sees the truncation in the header's byte ranges, so the scan marks it
     broken = [f for f in found if f.problem]

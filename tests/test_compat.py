@@ -28,7 +28,7 @@ REG = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set",
 def assert_same_state(a, b):
     """Every tensor and every JSON value of two training states is equal (the config in the header
     may differ: it records the data path, which is another folder here)."""
-    # Today's state adds `good` (the roll-back point) and `watch` (data/divergence.py), and the record may add empty
+    # Today's state adds `good` (the roll-back point) and `watch` (training/divergence.py), and the record may add empty
     # event lists: a newer version adds keys, it never changes the ones an old file has.
     added = {k: v for k, v in a.state.items() if k not in b.state}
     assert set(added) <= {"good", "watch"}
@@ -36,7 +36,7 @@ def assert_same_state(a, b):
     assert all(v == [] for v in history_added.values()), history_added
     a_state = {k: v for k, v in a.state.items() if k in b.state}
     a_state["history"] = {k: v for k, v in a.state["history"].items() if k in b.state["history"]}
-    # Each part's entry now also notes where it ended and its step rate (data/record.py close_part).
+    # Each part's entry now also notes where it ended and its step rate (training/record.py close_part).
     rates = ("end_step", "seconds", "steps_per_hour", "steps_per_second")
     a_state["history"]["parts"] = [{k: v for k, v in p.items() if k not in rates} for p in a.state["history"]["parts"]]
     assert all(k in a.state["history"]["parts"][-1] for k in rates)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import DataError
+from data import DataError, tokenizers
 from data import text as text_data
 from data.sampler import EpochSampler
 
@@ -48,15 +48,15 @@ def test_ranks_split_the_same_global_order():
 @pytest.mark.parametrize("kind", ["byte", "char"])
 def test_tokenizers_round_trip(kind):
     text = "To be, or not to be: that is the question.\nআমি বাংলায় গান গাই।"
-    tok = text_data.make_tokenizer(kind, text)
+    tok = tokenizers.make_tokenizer(kind, text)
     ids = text_data.encode_tokens(tok, text)
     assert tok.decode(ids.tolist()) == text
-    again = text_data.tokenizer_from_dict(tok.to_dict())
+    again = tokenizers.tokenizer_from_dict(tok.to_dict())
     assert again.encode(text) == ids.tolist()
 
 
 def test_char_tokenizer_names_unknown_characters():
-    tok = text_data.make_tokenizer("char", "abc")
+    tok = tokenizers.make_tokenizer("char", "abc")
     with pytest.raises(DataError, match="'z'"):
         tok.encode("abz")
 
@@ -93,7 +93,7 @@ def test_gpt2_bpe_matches_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     import json
     # A small real-format vocabulary: all 256 byte characters plus a few merges.
-    chars = list(text_data.bytes_to_unicode().values())
+    chars = list(tokenizers.bytes_to_unicode().values())
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("a", "n"), ("Ġa", "n"), ("o", "r"),
               ("Ġ", "w"), ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld"), ("'", "s")]
     vocab = {c: i for i, c in enumerate(chars)}
@@ -101,12 +101,12 @@ def test_gpt2_bpe_matches_transformers(tmp_path):
         vocab.setdefault(a + b, len(vocab))
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    ours = text_data.make_tokenizer("gpt2", folder=str(tmp_path))
+    ours = tokenizers.make_tokenizer("gpt2", folder=str(tmp_path))
     reference = transformers.GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
     for text in ["the world's in an  orchard", "Hello, world!\n\n  tabs\tand 12345 numbers",
                  "আমি বাংলায় গান গাই।", "it's 3.5 carat — £20"]:
         ids = ours.encode(text)
         assert ids == reference.encode(text), text
         assert ours.decode(ids) == text
-    again = text_data.tokenizer_from_dict(ours.to_dict())
+    again = tokenizers.tokenizer_from_dict(ours.to_dict())
     assert again.encode("the world") == ours.encode("the world")

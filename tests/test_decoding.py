@@ -1,4 +1,4 @@
-"""The CTC prefix beam search and the word n-gram LM (data/decoding.py), on hand-made frame
+"""The CTC prefix beam search and the word n-gram LM (model/decoding.py), on hand-made frame
 probabilities and a hand-written ARPA file, against hand-computed answers."""
 
 import math
@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from data import audio, decoding
+from data import transcripts
+from model import decoding
 
-VOCAB = audio.CharVocab({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "a": 5, "c": 6, "o": 7, "t": 8})
+VOCAB = transcripts.CharVocab({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "a": 5, "c": 6, "o": 7, "t": 8})
 
 
 def frames(*rows):

@@ -19,9 +19,8 @@ import pytest
 import torch
 
 import ckpt
-from data import divergence
-from data import record
 import train_part
+from training import TASKS, divergence, record
 from conftest import assert_same_tensors, tiny_lm_args
 from test_asr import TINY as ASR_TINY
 from test_asr import clips  # noqa: F401  (a fixture)
@@ -92,7 +91,7 @@ def test_a_poisoned_window_is_rolled_back_and_skipped(tmp_path, poison, request,
     assert 8 not in losses and all(math.isfinite(losses[s]) for s in range(9, 15))  # recovered
     # the learning rate is the plan's before the recovery, and half of it after
     handoff = ckpt.load(out / "checkpoint_part1.safetensors")
-    cfg = train_part.CONFIGS[task](**handoff.meta["config"])
+    cfg = TASKS[task].config(**handoff.meta["config"])
     steps_per_epoch = math.ceil(handoff.state["sampler"]["batches_per_epoch"] / cfg.grad_accum)
     rates = dict(zip(history["steps"], history["learning_rate"]))
     for step, scale in ((7, 1.0), (9, 0.5), (14, 0.5)):

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import ckpt
-from conftest import assert_same_tensors
 from data import audio
-from data.config import apply_settings
+from training import asr
+from training.config import apply_settings
+from conftest import assert_same_tensors
 import test_asr
 from test_asr import TINY, train, write_manifest
 
@@ -37,12 +38,12 @@ def cached(monkeypatch):
 
 
 def config(data, *settings):
-    return apply_settings(audio.ASRConfig(), [f"data={data}", *TINY[1::2], *settings])
+    return apply_settings(asr.ASRConfig(), [f"data={data}", *TINY[1::2], *settings])
 
 
 def summary(check, cfg):
     """Everything training sees of the data."""
-    data = audio.ASRData(check, cfg, torch.device("cpu"))
+    data = asr.ASRTask(check, cfg, torch.device("cpu"))
     return {"train": [tuple(vars(u).values()) for u in data.train.items], "lengths": list(data.train.lengths),
             "report": data.train.report, "val": [tuple(vars(u).values()) for u in data.val.items],
             "val_lengths": data.val.lengths, "vocab": data.vocab.to_dict(), "fingerprint": data.fingerprint,

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import ckpt
-from conftest import assert_same_tensors
-import infer
-import train_part
 from data import DataError
 from data import table as table_data
+import infer
 from model.regression import Regressor, RegressorConfig
+import train_part
+from conftest import assert_same_tensors
 
 TINY = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=32", "--set", "hidden=32",
         "--set", "block_size=48", "--set", "batch_size=16", "--set", "dropout=0.2", "--set", "eval_every_steps=3",

@@ -14,9 +14,10 @@ import pytest
 import xxhash
 
 import ckpt
-from conftest import assert_same_tensors, tiny_lm_args
 from data import text as text_data
+from data import tokenizers
 import train_part
+from conftest import assert_same_tensors, tiny_lm_args
 
 TINY = tiny_lm_args()
 
@@ -28,7 +29,7 @@ def train(out, data, *extra, part=1):
 
 def gpt2_folder(path):
     """A small real-format GPT-2 vocabulary: the 256 byte characters and a few merges."""
-    vocab = {c: i for i, c in enumerate(text_data.bytes_to_unicode().values())}
+    vocab = {c: i for i, c in enumerate(tokenizers.bytes_to_unicode().values())}
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("a", "n"), ("o", "r"), ("e", "r")]
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
@@ -53,12 +54,12 @@ def messy_corpus(tmp_path, corpus):
 def test_the_token_file_holds_what_encoding_the_whole_text_gives(tmp_path, messy_corpus, monkeypatch, kind):
     monkeypatch.setattr(text_data, "READ_BLOCK", 97)  # pieces cut mid-line, mid-character, mid-"\r\n"
     monkeypatch.setattr(text_data, "BPE_CHUNK", 50)
-    tokenizer = text_data.make_tokenizer(kind, folder=gpt2_folder(tmp_path / "gpt2")) if kind != "char" else None
+    tokenizer = tokenizers.make_tokenizer(kind, folder=gpt2_folder(tmp_path / "gpt2")) if kind != "char" else None
     files = text_data.corpus_files(str(messy_corpus))
     built = text_data.build_token_file(files, text_data.corpus_identity(files), tokenizer,
                                        str(tmp_path / "tokens" / f"{kind}.tokens"), workers=2)
     whole = text_data.read_corpus(str(messy_corpus))
-    expected = (tokenizer or text_data.CharTokenizer.from_text(whole)).encode(whole)
+    expected = (tokenizer or tokenizers.CharTokenizer.from_text(whole)).encode(whole)
     assert built.tokens.dtype == (np.uint8 if kind == "byte" else np.uint16 if kind == "gpt2" else np.uint8)
     assert built.tokens.tolist() == expected
     again = text_data.TokenFile(built.path)  # and from its header alone

@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import ckpt
-from conftest import tiny_lm_args
-from data import record
-from data.config import apply_settings
+from data import tokenizers
 import infer
 import train_part
+from training import TASKS, discovery, record
+from training.config import apply_settings
+from conftest import tiny_lm_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 12 optimizer steps per epoch (see tiny_lm_args); dropout of both kinds is on.
@@ -119,7 +120,7 @@ def test_the_plan_line_says_how_many_parts_are_left(tmp_path, corpus, capsys):
 
 
 def test_learning_rate_plan():
-    cfg = train_part.CONFIGS["lm"](epochs=2, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, phase2_epochs=1, phase2_lr=5e-6)
+    cfg = TASKS["lm"].config(epochs=2, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, phase2_epochs=1, phase2_lr=5e-6)
     lr = [train_part.learning_rate(s, cfg, steps_per_epoch=50) for s in range(150)]
     assert lr[0] == pytest.approx(1e-4) and lr[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lr[9:100], lr[10:100]))  # cosine only goes down
@@ -237,9 +238,8 @@ def test_run_started_from_gpt2_weights_resumes_with_their_shape(tmp_path, corpus
 def test_a_gpt2_bpe_export_opens_with_the_auto_classes_and_generates_the_same_tokens(tmp_path, corpus, capsys):
     transformers = pytest.importorskip("transformers")
     import json
-    from data import text as text_data
     folder = tmp_path / "gpt2"  # GPT-2's layout with a small real-format BPE: 256 byte characters + merges
-    chars = list(text_data.bytes_to_unicode().values())
+    chars = list(tokenizers.bytes_to_unicode().values())
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("a", "n"), ("o", "r"), ("i", "n"), ("Ġ", "s")]
     vocab = {c: i for i, c in enumerate(chars)}
     for a, b in merges:
@@ -256,7 +256,7 @@ def test_a_gpt2_bpe_export_opens_with_the_auto_classes_and_generates_the_same_to
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf)
     model = transformers.AutoModelForCausalLM.from_pretrained(hf).eval()
     prompt = "the son"  # prompt and new tokens within the 16 positions (HF does not crop the context)
-    ours = text_data.tokenizer_from_dict(ckpt.load(out / "checkpoint_part1.safetensors").meta["task_meta"]["tokenizer"])
+    ours = tokenizers.tokenizer_from_dict(ckpt.load(out / "checkpoint_part1.safetensors").meta["task_meta"]["tokenizer"])
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     assert ids[0].tolist() == ours.encode(prompt)
     theirs = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)[0].tolist()
@@ -272,7 +272,7 @@ def test_a_gpt2_bpe_export_opens_with_the_auto_classes_and_generates_the_same_to
 
 
 def test_presets_start_from_the_class_defaults():
-    for cls in train_part.CONFIGS.values():
+    for cls in (task.config for task in TASKS.values()):
         presets = getattr(cls, "PRESETS", {})
         if presets:
             default = cls()
@@ -352,7 +352,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, co
         files = [n for n in os.listdir(out) if n.endswith(".safetensors")]
         for name in files:
             ckpt.load(out / name)  # raises if any file is half-written
-    found = ckpt.scan([str(out)])
+    found = discovery.scan([str(out)])
     newest = max(f.global_step for f in found if f.kind == "train")
     proc = spawn(out, corpus, "--part", "auto", "--max-steps", str(newest + 1))
     stdout, stderr = proc.communicate(timeout=120)

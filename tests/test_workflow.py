@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import ckpt
-from conftest import tiny_lm_args
 import train_part
+from conftest import tiny_lm_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = tiny_lm_args()  # 12 optimizer steps per epoch on the `corpus` fixture

@@ -1,7 +1,7 @@
 """Settings: the fields every task has (`TrainConfig`), and how `--set key=value` changes them.
 
-Each task's config extends TrainConfig beside its data: `text.LMConfig`, `audio.ASRConfig`,
-`table.RegConfig`. A config is printed when a part starts and stored in every checkpoint; a resumed
+Each task extends TrainConfig in its own module: `training/lm.py`'s LMConfig, `asr.py`'s ASRConfig,
+`reg.py`'s RegConfig. A config is printed when a part starts and stored in every checkpoint; a resumed
 part starts from the checkpoint's config, with the command line's `--set` applied on top.
 """
 
@@ -37,7 +37,7 @@ class TrainConfig:
     keep_last: int = 3              # rolling checkpoints kept, at least 1 (hand-offs and best are never pruned)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = False           # torch.compile the training forward (slow to start; faster steps on GPUs)
-    # A diverging run (data/divergence.py) rolls back to its last good checkpoint, skips the data since,
+    # A diverging run (training/divergence.py) rolls back to its last good checkpoint, skips the data since,
     # and goes on at a lower learning rate; after max_recoveries in a row without a good checkpoint
     # between, the part stops with the last good state as its hand-off.
     spike_factor: float = 3.0       # a loss above this x its recent median counts as diverging; 0 = off

@@ -1,7 +1,7 @@
 """Decoding CTC output with a beam search and an optional word n-gram language model.
 
-Greedy decoding (audio.CharVocab.decode_greedy) takes the likeliest label of every frame. A beam
-search keeps the `beam` likeliest *prefixes* (transcripts so far) instead and adds up every
+Greedy decoding (CharVocab.decode_greedy, data/transcripts.py) takes the likeliest label of every
+frame. A beam search keeps the `beam` likeliest *prefixes* (transcripts so far) instead and adds up every
 frame alignment that spells the same prefix, so "a" seen as "a a", "a -" or "- a" ("-" the
 blank) counts once with all three probabilities. A word language model (an ARPA file, what
 KenLM's `lmplz` writes, or one built here from text) then scores each word as the prefix

@@ -24,6 +24,7 @@ log_every_steps >= 10 (the default) and is off with shorter logging intervals. I
 """
 
 import copy
+import dataclasses
 import math
 import statistics
 
@@ -110,6 +111,20 @@ def state_problem(model, optimizer):
     finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()  # one sync
     bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
     return f"a non-finite {bad[0]}" if bad else None
+
+
+@dataclasses.dataclass
+class RollBackPoint:
+    """The last good state, which a divergence rolls back to: a training checkpoint on disk that was
+    checked before it was written (`path`), or, until the part has written one, a copy in host memory
+    of the state it started from (`state`)."""
+    step: int
+    path: str = None
+    state: dict = None
+
+    def load(self):
+        """The state itself: read from its file (verified), or a fresh copy of the one in memory."""
+        return ckpt.load(self.path).state if self.path else host_copy(self.state)
 
 
 def host_copy(state):
