@@ -50,4 +50,9 @@ def install(steps):
 
 if __name__ == "__main__":
     install(poisoned_steps())
-    sys.exit(train_part.main())
+    code = train_part.main()
+    # As train_part.py ends: the baton is on disk, and Python's teardown of torch under torchrun can
+    # abort ("terminate called without an active exception", seen once in a full CI run).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
