@@ -156,11 +156,12 @@ class Part:
         if not self.ranks.main:  # one log: rank 0 speaks for all (errors still reach stderr)
             sys.stdout = open(os.devnull, "w")
         self.device, amp = choose_device(args)
+        self.amp = amp  # recorded in every checkpoint, with the device type
         os.makedirs(args.out, exist_ok=True)
         if self.ranks.main:
             ckpt.remove_stale_temp_files(args.out)
         saved, args.part = choose_checkpoint(args, self.ranks)
-        self.cfg = cfg = resolve_config(args, saved)
+        self.cfg = cfg = keep_global_batch(resolve_config(args, saved), args, saved, self.ranks.world)
         print_config(cfg)
 
         random_seed_everything(cfg.seed)  # the same initial weights on every rank
@@ -175,9 +176,11 @@ class Part:
         self.train_model = wrap_for_training(self.model, cfg, self.ranks, self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.idle_scaler_state = {}  # an earlier fp16 part's loss scale, kept while this part runs without one
         self.watch = divergence.Watch(self.device, fp16=amp == "fp16")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-        self.steps_per_epoch = math.ceil(len(self.task.sampler) / cfg.grad_accum)
+        self.per_step = cfg.grad_accum * self.ranks.world  # micro-batches of all ranks per optimizer step
+        self.steps_per_epoch = math.ceil(len(self.task.sampler) / self.per_step)
         self.total_epochs = cfg.epochs + cfg.phase2_epochs
         self.total_steps = self.total_epochs * self.steps_per_epoch
         processes = f" x {self.ranks.world} processes" if self.ranks.world > 1 else ""
@@ -197,6 +200,7 @@ class Part:
         self.start_epoch = self.position.epoch
         self.last_eval_step = None
         self.last_save = time.monotonic()
+        self.last_inputs = None  # the previous micro-batch, for train_step's stand-in under DDP
 
         if self.budget.deadline is not None:  # weights + AdamW's two moments dominate the file
             # Tied weights count twice here (the file stores them once): the estimate errs on the safe side.
@@ -216,16 +220,18 @@ class Part:
 
 def train(part):
     """Optimizer steps until a stop rule fires; returns the reason. Each epoch's batch list is a pure
-    function of (seed, epoch), so a resumed part rebuilds it and continues at its position."""
-    cfg, position = part.cfg, part.position
+    function of (seed, epoch), so a resumed part rebuilds it and continues at its position. A step
+    takes the list's next `per_step` micro-batches (grad_accum x ranks), micro-batch i to rank
+    i % world, so the same samples make the same step whatever the number of processes."""
+    cfg, position, ranks = part.cfg, part.position, part.ranks
     part.model.train()
     part.bar = tqdm(total=part.total_steps, initial=position.global_step, unit="step", dynamic_ncols=True,
                     mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, disable=not part.ranks.main)
     try:
         while position.epoch < part.total_epochs:
             epoch = position.epoch
-            batches = part.task.sampler.batches(epoch)  # O(epoch size) to build, O(1) to jump into
-            stream = part.task.batches(batches[position.batch_in_epoch:], epoch)
+            batches = part.task.sampler.batches(epoch)  # all ranks'; O(epoch size) to build, O(1) to jump into
+            stream = part.task.batches(batches[position.batch_in_epoch:][ranks.rank::ranks.world], epoch)
             while position.epoch == epoch:
                 reason = stop_reason(part)  # the only place a part may stop: between optimizer steps
                 if reason:
@@ -235,9 +241,10 @@ def train(part):
                     part.budget.note_first_step()
                     tqdm.write(plan(part.history, part.total_steps, position.global_step, part.args.budget_hours))
                 lr = learning_rate(position.global_step, cfg, part.steps_per_epoch) * divergence.lr_scale(part.history)
-                window = [next(stream) for _ in range(min(cfg.grad_accum, len(batches) - position.batch_in_epoch))]
+                size = min(part.per_step, len(batches) - position.batch_in_epoch)  # the step's, all ranks'
+                window = [next(stream) for _ in range(ranks.share(size))]
                 train_step(part, window, lr)
-                position.advance(len(window), len(batches))
+                position.advance(size, len(batches))
                 part.budget.observe_step(time.monotonic() - t0)
                 part.bar.update(1)
                 log_evaluate_save(part, lr, epoch)
@@ -258,18 +265,23 @@ def train_step(part, window, lr):
     if ranks.world > 1:
         window_count = sum_over_ranks(ranks, [window_count])[0] / ranks.world
     window_loss = torch.zeros((), device=part.device)
-    for i, (inputs, count) in enumerate(window):
-        if inputs is None:  # nothing to learn from here (asr: every clip of the micro-batch was unreadable)
-            continue
+    real = [(inputs, count) for inputs, count in window if inputs is not None]  # None: unreadable (asr)
+    if ranks.world > 1 and not real and part.last_inputs is not None:
+        # Nothing of this step is this rank's (an epoch's short last step, or only unreadable clips), but
+        # every rank joins the gradient exchange once a step: the previous micro-batch again, weighed 0.
+        real = [(part.last_inputs, 0)]
+    for i, (inputs, count) in enumerate(real):
         # Gradients are exchanged between ranks once per step, after the last micro-batch.
-        exchange = ranks.world == 1 or i == len(window) - 1
+        exchange = ranks.world == 1 or i == len(real) - 1
         with contextlib.nullcontext() if exchange else part.train_model.no_sync():
             with part.autocast():
                 _, loss_sum = part.train_model(**inputs)  # the loss summed over this micro-batch's units
-                if count == 0:  # a stand-in that only keeps this rank in the gradient exchange (asr.py)
+                if count == 0:  # the stand-in above: it only keeps this rank in the exchange
                     loss_sum = loss_sum * 0.0
             scaler.scale(loss_sum / window_count).backward()
         window_loss += loss_sum.detach()
+    if ranks.world > 1 and real:
+        part.last_inputs = real[-1][0]
     grad_norm = None
     if part.cfg.grad_clip > 0 or scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
@@ -413,7 +425,7 @@ def header(part, kind):
     return {"task": part.args.task, "kind": kind, "part": part.args.part, "epoch": position.epoch,
             "step_in_epoch": position.step_in_epoch, "global_step": position.global_step,
             "config": dataclasses.asdict(part.cfg), "model_config": dataclasses.asdict(part.model.config),
-            "task_meta": part.task.meta}
+            "task_meta": part.task.meta, "device": part.device.type, "amp": part.amp}
 
 
 def training_state(part, rng_states, good):
@@ -425,7 +437,7 @@ def training_state(part, rng_states, good):
     the learning rate one of the global step."""
     position, cfg = part.position, part.cfg
     return {"model": part.model.state_dict(), "optimizer": part.optimizer.state_dict(),
-            "scaler": part.scaler.state_dict(),
+            "scaler": part.scaler.state_dict() if part.scaler.is_enabled() else part.idle_scaler_state,
             "scheduler": {"kind": "warmup_cosine_then_phase2", "last_lr": part.optimizer.param_groups[0]["lr"]},
             "rng": rng_states, "progress": dataclasses.asdict(position), "best": dict(part.best),
             "history": part.history, "good": good, "watch": part.watch.state_dict(),
@@ -444,7 +456,8 @@ def save(part, name, final=False):
         point = RollBackPoint(part.position.global_step, name) if not final else part.good
         good = {"step": point.step, "file": os.path.basename(point.path) if point.path else None}
         state = training_state(part, rng_states, good)
-        meta = {**header(part, "train"), "world_size": part.ranks.world, "data_fingerprint": part.task.fingerprint}
+        meta = {**header(part, "train"), "world_size": part.ranks.world, "batch_in_epoch": "all ranks",
+                "data_fingerprint": part.task.fingerprint}
         path = os.path.join(out, name)
         try:
             ckpt.make_room(out, ckpt.state_bytes(state), part.cfg.keep_last)
@@ -537,14 +550,32 @@ def resolve_config(args, saved):
     return resolve_settings(TASKS[args.task].config, cli, saved.meta["config"] if resumable else None)
 
 
+def keep_global_batch(cfg, args, saved, world):
+    """On another number of processes than the checkpoint's, grad_accum scales so that a step still
+    takes the same micro-batches: T4 x2 -> one GPU (and back) is the same run, up to float rounding."""
+    before = saved.meta.get("world_size", 1) if saved is not None and saved.is_training else world
+    if before == world or any(s.startswith("grad_accum=") for s in args.settings):
+        return cfg
+    per_step = cfg.grad_accum * before
+    if per_step % world:
+        print(f"warning: a step of {per_step} micro-batches ({before} process(es) x grad_accum {cfg.grad_accum}) cannot "
+              f"be dealt evenly to {world} processes, so from here a step takes {cfg.grad_accum * world} and the run "
+              f"differs from an uninterrupted one (--set grad_accum=N chooses another)")
+        return cfg
+    print(f"note: the checkpoint was written by {before} process(es) and this part has {world}: grad_accum "
+          f"{cfg.grad_accum} -> {per_step // world} keeps a step at {per_step} micro-batches, so the run goes on with "
+          f"the same samples at the same steps and the same learning rates (weights equal up to float rounding)")
+    return dataclasses.replace(cfg, grad_accum=per_step // world)
+
+
 def wrap_for_training(model, cfg, ranks, device):
     """The module the training forward runs through: DDP across processes, torch.compile if asked.
     Checkpoints and evaluation use the plain `model`, so weights keep their own names."""
     train_model = model
-    if ranks.world > 1:  # with LayerDrop ranks skip different layers: DDP must expect unused parameters
+    if ranks.world > 1:  # a model that may leave parameters without a gradient says so (wav2vec2.py)
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=getattr(model.config, "layerdrop", 0) > 0)
+            find_unused_parameters=getattr(model, "skips_parameters", False))
     return torch.compile(train_model) if cfg.compile else train_model
 
 
@@ -553,21 +584,65 @@ def make_optimizer(model, cfg, device):
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel does the whole update in one launch on CUDA; on CPU foreach is the default.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
+    # The fused kernel does the whole update in one launch on CUDA; foreach elsewhere (on CPU it gives
+    # the same bits as the plain loop). `adamw=fused` on a CPU runs the CUDA path's code on a CPU.
+    kind = cfg.adamw if cfg.adamw != "auto" else ("fused" if device.type == "cuda" else "foreach")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=kind == "fused",
+                             foreach=kind == "foreach")
+
+
+OPTIMIZER_FLAGS = ("fused", "foreach", "capturable", "differentiable")  # how AdamW runs, not what it learned
+
+
+def load_optimizer_state(optimizer, state):
+    """Load AdamW's moments and step counts, keeping this run's implementation flags: a file written on
+    a CPU (foreach) says nothing about how a GPU part must run, and load_state_dict would otherwise
+    take the file's flags with the param groups (the fused GPU step then meets CPU step counts, and
+    the GradScaler a fused optimizer that is not)."""
+    own = [{flag: group[flag] for flag in OPTIMIZER_FLAGS if flag in group} for group in optimizer.param_groups]
+    groups = [{**saved, **flags} for saved, flags in zip(state["param_groups"], own)]
+    optimizer.load_state_dict({**state, "param_groups": groups + state["param_groups"][len(groups):]})
 
 
 def choose_device(args):
     """Device and precision, decided once: bf16 only where the GPU does it natively (compute
-    capability 8.0+); T4/P100 get fp16 with a GradScaler; CPU runs in fp32 unless asked."""
+    capability 8.0+); a T4 gets fp16 with a GradScaler; CPU runs in fp32 unless asked."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible")
     if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
         return torch.device("cpu"), args.amp or "off"
     device = torch.device("cuda", torch.cuda.current_device())  # start_processes picked this rank's GPU
+    check_gpu(device, args.amp)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return device, args.amp or ("bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16")
+
+
+def check_gpu(device, amp):
+    """One sentence, before the first kernel fails, for a GPU the installed PyTorch has no kernels for
+    (a P100 in current builds) or a precision the GPU lacks (bf16 on a T4)."""
+    name, (major, minor) = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+    arches = torch.cuda.get_arch_list()  # e.g. sm_75 ... sm_120: the GPU generations this build was compiled for
+    if arches and not gpu_has_kernels((major, minor), arches):
+        raise ConfigError(f"this PyTorch {torch.__version__} has no kernels for the {name} (compute capability "
+                          f"{major}.{minor}; it was built for {', '.join(arches)}): use a GPU it was built for "
+                          f"(on Kaggle a T4 or an L4, not the P100) or --device cpu")
+    if amp == "bf16" and (major, minor) < (8, 0):
+        raise ConfigError(f"--amp bf16 needs a GPU with native bfloat16 (compute capability 8.0 or newer: A100, "
+                          f"L4, H100); the {name} ({major}.{minor}) has none: use --amp fp16, its default")
+
+
+def gpu_has_kernels(capability, arches):
+    """Whether a build compiled for `arches` (sm_XY binaries, compute_XY PTX) runs on a GPU of this
+    compute capability: an sm_XY binary runs on X.Y up to X.9, PTX is compiled for any newer GPU."""
+    for arch in arches:
+        kind, _, digits = arch.partition("_")
+        number = int("".join(c for c in digits if c.isdigit()) or 0)
+        if kind == "sm" and number // 10 == capability[0] and number % 10 <= capability[1]:
+            return True
+        if kind == "compute" and number <= 10 * capability[0] + capability[1]:
+            return True
+    return False
 
 
 def random_seed_everything(seed):
@@ -630,18 +705,23 @@ def restore(part, saved):
                           f"was freeze_feature_encoder changed?") from None
     if saved.meta.get("data_fingerprint") != part.task.fingerprint:
         print("warning: the training data differs from the checkpoint's; the data order will differ")
-    position, saved_world, world = part.position, saved.meta.get("world_size", 1), part.ranks.world
-    if saved_world != world:
-        # Batches are dealt to ranks in turn, so batch b of each of W ranks is global batch b * W:
-        # continue from the same global sample position.
-        position.batch_in_epoch = position.batch_in_epoch * saved_world // world
-        position.step_in_epoch = position.batch_in_epoch // part.cfg.grad_accum
-        print(f"warning: {saved.path} was written by {saved_world} process(es) and this run has {world}: "
-              f"training continues from the same sample position (epoch {position.epoch}, about "
-              f"{position.batch_in_epoch * world * part.cfg.batch_size} samples in), but the data order, the "
-              f"learning-rate plan and the random streams differ from an uninterrupted run")
+    position, saved_world = part.position, saved.meta.get("world_size", 1)
+    if saved_world > 1 and saved.meta.get("batch_in_epoch") != "all ranks":
+        position.batch_in_epoch *= saved_world  # an older file counted one rank's micro-batches
+    note_setup_change(part, saved)
     print(f"resumed from {saved.path}: epoch {position.epoch}, step {position.step_in_epoch} "
           f"in epoch, global step {position.global_step}")
+
+
+def note_setup_change(part, saved):
+    """One line when the device or precision differs from the checkpoint's: the run goes on, but is
+    bit-identical to an uninterrupted one only on the same device, precision and software."""
+    before, now = (saved.meta.get("device"), saved.meta.get("amp")), (part.device.type, part.amp)
+    if before[1] is None or before == now:  # files before Baton recorded them say nothing
+        return
+    kept = " (its fp16 loss scale is kept in the checkpoint for a later fp16 part)" if part.idle_scaler_state else ""
+    print(f"note: {saved.path} was trained on {before[0]} with amp {before[1]} and this part runs on {now[0]} with "
+          f"amp {now[1]}{kept}: the same run, equal up to float rounding, not bit for bit")
 
 
 def restore_rng_of_rank(part, rng):
@@ -672,9 +752,11 @@ def roll_back(part, state, whole=False):
     the sums since its last log and RNG too, as if the steps since had never run (also how a part
     resumes: restore)."""
     part.model.load_state_dict(state["model"])
-    part.optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(part.optimizer, state["optimizer"])
     if state.get("scaler") and part.scaler.is_enabled():
         part.scaler.load_state_dict(state["scaler"])
+    elif state.get("scaler"):  # kept for a later fp16 part, which goes on with this loss scale
+        part.idle_scaler_state = dict(state["scaler"])
     part.watch.reset()
     if whole:
         part.position = Position(**state["progress"])
@@ -689,7 +771,7 @@ def initialise_from(part, saved):
     carried, lost = ["model weights"], ["RNG state (not in the file)"]
     if saved.state.get("optimizer"):
         try:
-            part.optimizer.load_state_dict(saved.state["optimizer"])
+            load_optimizer_state(part.optimizer, saved.state["optimizer"])
             carried.append("optimizer moments")
         except (ValueError, KeyError) as e:
             lost.append(f"optimizer state (it does not fit this model: {e})")

@@ -5,6 +5,10 @@ middle of an epoch is O(1): rebuild that epoch's batch list (one array, `Batches
 the saved batch index.
 Nothing is loaded and thrown away, and no RNG state has to be replayed.
 
+The list is the same for any number of processes: train_part.py deals each optimizer step the
+next micro-batches of it (grad_accum x processes of them), micro-batch i of a step to rank
+i % processes, so a run that changes its number of processes keeps its data order.
+
 The permutation comes from NumPy's SeedSequence-keyed PCG64, whose output NumPy keeps stable
 across releases, so a checkpoint resumes with the same data order after a library upgrade.
 """
@@ -20,12 +24,10 @@ class EpochSampler:
     lengths: optional per-sample lengths (audio frames); batches then group samples of similar
         length (shuffle, cut into mega-batches of `group_size` batches, sort each by length,
         shuffle the batches), which cuts padding without making the order predictable.
-    rank, world_size: with several processes, each rank takes every world_size-th batch of the
-        same global list, so all ranks agree on the order and a position is one number.
+    The batches are those of all processes together (see the module's docstring).
     """
 
-    def __init__(self, num_samples, batch_size, seed, shuffle=True, drop_last=False, lengths=None,
-                 group_size=50, rank=0, world_size=1):
+    def __init__(self, num_samples, batch_size, seed, shuffle=True, drop_last=False, lengths=None, group_size=50):
         if num_samples <= 0:
             raise ValueError("the sampler needs at least one sample")
         if lengths is not None and len(lengths) != num_samples:
@@ -37,13 +39,11 @@ class EpochSampler:
         self.drop_last = drop_last
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.group_size = group_size
-        self.rank = rank
-        self.world_size = world_size
 
     def epoch_rng(self, epoch):
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
 
-    def global_batches(self, epoch):
+    def batches(self, epoch):
         """Every micro-batch of this epoch, for all ranks (a sequence of lists of sample indices)."""
         rng = self.epoch_rng(epoch)
         # 4 bytes a sample, shuffled in place: the same order as rng.permutation(n), which is int64.
@@ -58,18 +58,12 @@ class EpochSampler:
             ])
         count = len(order) // self.batch_size if self.drop_last else -(-len(order) // self.batch_size)
         picks = rng.permutation(count) if self.lengths is not None and self.shuffle else range(count)
-        # Every rank must take the same number of batches or collectives would hang.
-        return Batches(order, self.batch_size, picks[:count - count % self.world_size])
-
-    def batches(self, epoch):
-        """This rank's micro-batches for `epoch`."""
-        return self.global_batches(epoch)[self.rank::self.world_size]
+        return Batches(order, self.batch_size, picks)
 
     def __len__(self):
-        """Micro-batches per epoch for this rank (the same every epoch)."""
+        """Micro-batches per epoch, of all ranks together (the same every epoch)."""
         full, rest = divmod(self.num_samples, self.batch_size)
-        total = full + (1 if rest and not self.drop_last else 0)
-        return total // self.world_size
+        return full + (1 if rest and not self.drop_last else 0)
 
 
 class Batches(collections.abc.Sequence):

@@ -454,6 +454,13 @@ class Wav2Vec2ForCTC(nn.Module):
     def gradient_checkpointing(self, on):
         self.wav2vec2.encoder.gradient_checkpointing = bool(on)
 
+    @property
+    def skips_parameters(self):
+        """Whether a training forward can leave a trainable parameter without a gradient, which DDP must
+        be told (find_unused_parameters): LayerDrop skips whole layers, and without time masking
+        masked_spec_embed is never used."""
+        return self.config.layerdrop > 0 or self.config.mask_time_prob == 0
+
     def freeze_feature_encoder(self):
         """Keep the conv stack fixed (the usual way to fine-tune a pretrained model)."""
         for p in self.wav2vec2.feature_extractor.parameters():

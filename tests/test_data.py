@@ -1,5 +1,7 @@
 """The resumable sampler and text data: deterministic, complete, O(1) to resume."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 from data import DataError, tokenizers
 from data import text as text_data
 from data.sampler import EpochSampler
+from training.distributed import Ranks
 
 
 def test_each_epoch_is_a_fixed_permutation_of_the_whole_set():
@@ -38,11 +41,23 @@ def test_length_grouping_cuts_padding_and_keeps_every_sample():
     assert grouped == EpochSampler(400, 8, seed=1, lengths=lengths, group_size=10).batches(0)
 
 
-def test_ranks_split_the_same_global_order():
-    full = EpochSampler(50, 4, seed=3).global_batches(2)
-    ranks = [EpochSampler(50, 4, seed=3, rank=r, world_size=2).batches(2) for r in range(2)]
-    assert len(ranks[0]) == len(ranks[1]) == len(EpochSampler(50, 4, seed=3, world_size=2))
-    assert ranks[0] == full[0::2][: len(ranks[0])] and ranks[1] == full[1::2][: len(ranks[1])]
+def test_a_step_takes_the_same_micro_batches_whatever_the_number_of_ranks():
+    # As train_part.train deals them: rank r takes batches[r::world], `share` of each step's micro-batches.
+    batches = EpochSampler(50, 4, seed=3).batches(2)  # 13 micro-batches
+
+    def steps(world, grad_accum):
+        per_step, streams, taken = grad_accum * world, [iter(batches[r::world]) for r in range(world)], []
+        for start in range(0, len(batches), per_step):
+            size = min(per_step, len(batches) - start)
+            mine = [list(itertools.islice(streams[r], Ranks(r, world).share(size))) for r in range(world)]
+            taken.append(sorted(tuple(b) for batch in mine for b in batch))
+        assert all(next(stream, None) is None for stream in streams)  # every micro-batch was dealt once
+        return taken
+
+    one = steps(1, 6)
+    assert one == steps(2, 3) == steps(3, 2) == steps(6, 1)
+    assert [len(step) for step in one] == [6, 6, 1]  # the short last step leaves ranks 1.. without one
+    assert one[0] == sorted(tuple(b) for b in batches[:6])
 
 
 @pytest.mark.parametrize("kind", ["byte", "char"])

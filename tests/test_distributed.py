@@ -7,20 +7,23 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 import ckpt
 from conftest import assert_same_tensors, tiny_lm_args
+from test_asr import TINY as ASR_TINY
+from test_asr import clips  # noqa: F401  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1,680 bytes -> 23 micro-batches of 4 -> 11 per rank with 2 ranks -> 6 steps per epoch (grad_accum 2)
 TINY = tiny_lm_args(dropout=0.2, attn_dropout=0.1, save_every_steps=3)
 
 
-def launch(out, corpus, *extra, processes=2):
+def launch(out, corpus, *extra, processes=2, settings=TINY):
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
            if processes > 1 else [sys.executable])
-    cmd += [os.path.join(ROOT, "train_part.py"), "--task", "lm", "--out", str(out), "--data", corpus, *TINY, *extra]
+    cmd += [os.path.join(ROOT, "train_part.py"), "--task", "lm", "--out", str(out), "--data", corpus, *settings, *extra]
     env = {**os.environ, "BATON_INPUT_ROOTS": "", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -60,17 +63,54 @@ def test_resume_with_two_processes_is_bit_identical(tmp_path, corpus):
     assert ha == hb
 
 
-def test_a_two_process_checkpoint_resumes_in_one_process_with_a_warning(tmp_path, corpus):
-    out = tmp_path / "run"
-    finish(launch(out, corpus, "--max-steps", "4"))
-    two = ckpt.load(out / "checkpoint_part1.safetensors")
-    assert two.state["progress"]["batch_in_epoch"] == 8  # 4 steps x 2 micro-batches, on each rank
-    printed = finish(launch(out, corpus, "--max-steps", "5", "--part", "2", processes=1))
-    assert "was written by 2 process(es) and this run has 1" in printed and "same sample position" in printed
-    one = ckpt.load(out / "checkpoint_part2.safetensors")
-    # global batch 16 (8 per rank x 2), then one step of 2 micro-batches
-    assert one.meta["world_size"] == 1 and one.meta["global_step"] == 5
-    assert one.state["progress"]["batch_in_epoch"] == 18
+# Dropout off: with it, each rank draws its own masks, and another number of ranks other ones. No
+# grad_accum: a part that sets it keeps it, one that does not scales it to the number of processes.
+STILL = [arg for pair in zip(*[iter(tiny_lm_args(dropout=0, attn_dropout=0))] * 2)
+         if not pair[1].startswith("grad_accum=") for arg in pair]
+# Against an uninterrupted run, weights differ by rounding only: the same micro-batches make each step,
+# but their gradients are summed in another order (one process's accumulation against DDP's average of
+# two). Measured: at most 2.6e-7 after 10 steps (2 -> 1 and 1 -> 2), while one AdamW step at lr 1e-3
+# moves a weight by up to 1e-3: 1e-5 fails any step that took other samples or another learning rate.
+ATOL = 1e-5
+
+
+def assert_same_run(a, b):
+    assert a.state["progress"] == b.state["progress"]
+    assert a.state["history"]["steps"] == b.state["history"]["steps"]
+    assert a.state["history"]["learning_rate"] == b.state["history"]["learning_rate"]  # exactly: the same plan
+    for x, y in zip(a.state["history"]["train_loss"], b.state["history"]["train_loss"]):
+        assert x == pytest.approx(y, rel=ATOL)
+    for name, tensor in a.state["model"].items():
+        torch.testing.assert_close(b.state["model"][name], tensor, rtol=ATOL, atol=ATOL, msg=name)
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_another_number_of_processes_continues_the_same_run(tmp_path, corpus, before, after):
+    # A step is 4 micro-batches: grad_accum 2 x 2 processes, or 4 x 1. 23 micro-batches an epoch, so
+    # 6 steps, the last one of 3 (two for rank 0, one for rank 1); 10 steps cross an epoch.
+    accum = {1: "4", 2: "2"}
+    straight, legs = tmp_path / "straight", tmp_path / "legs"
+    first = ["--set", f"grad_accum={accum[before]}"]
+    finish(launch(straight, corpus, "--max-steps", "10", *first, processes=before, settings=STILL))
+    finish(launch(legs, corpus, "--max-steps", "4", *first, processes=before, settings=STILL))
+    printed = finish(launch(legs, corpus, "--max-steps", "10", "--part", "2", processes=after, settings=STILL))
+    assert f"grad_accum {accum[before]} -> {accum[after]} keeps a step at 4 micro-batches" in printed
+    a = ckpt.load(straight / "checkpoint_part1.safetensors")
+    b = ckpt.load(legs / "checkpoint_part2.safetensors")
+    assert b.meta["world_size"] == after and b.meta["config"]["grad_accum"] == int(accum[after])
+    assert a.state["progress"]["batch_in_epoch"] == 16  # 4 steps into the second epoch, of all ranks
+    assert_same_run(a, b)
+
+
+def test_no_parameter_is_left_unused_under_ddp(tmp_path, clips):
+    # wav2vec2 without time masking and without LayerDrop never uses masked_spec_embed; DDP must know
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train_part.py"), "--task", "asr", "--out", str(tmp_path / "run"),
+           "--data", str(clips), *ASR_TINY, "--set", "mask_time_prob=0",
+           "--set", "layerdrop=0", "--set", "eval_every_steps=0", "--max-steps", "3"]
+    env = {**os.environ, "BATON_INPUT_ROOTS": "", "OMP_NUM_THREADS": "1"}
+    finish(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    assert ckpt.load(tmp_path / "run" / "checkpoint_part1.safetensors").meta["global_step"] == 3
 
 
 def worker_pids(parent):

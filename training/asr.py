@@ -47,13 +47,12 @@ class ASRTask:
                                           max_seconds=cfg.max_seconds, estimated=check.estimated, audio=check.audio)
         self.val = AudioDataset(check.val, self.vocab, cache=True)  # <= eval_max_clips clips: cheap to check again
         self.device, self.batch_size, self.num_workers = device, cfg.batch_size, cfg.num_workers
-        self.world, self.last_inputs = world, None  # see batches
         # This rank's share of the validation clips, in batches of similar length (they pad less).
         self.val_by_length = sorted(range(len(self.val)), key=lambda i: self.val.lengths[i])[rank::world]
         self.references = [normalize_text(item.sentence) for item in self.val.items]
         self.fingerprint = check.fingerprint
         self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True,
-                                    lengths=np.asarray(self.train.lengths), rank=rank, world_size=world)
+                                    lengths=np.asarray(self.train.lengths))
         self.meta = {"vocab": self.vocab.to_dict()}
 
     def batches(self, index_batches, epoch):
@@ -64,13 +63,7 @@ class ASRTask:
                                              generator=torch.Generator())
         for batch in loader:
             count = int(batch["label_lengths"].sum()) if batch["label_lengths"] is not None else 0
-            inputs = self.model_inputs(batch) if count else None  # None: every clip of it was unreadable
-            if self.world > 1:
-                # Alone, a part skips such a micro-batch. Under DDP this rank must still run a forward and a
-                # backward, or the other ranks wait for it in the gradient exchange: it runs the previous
-                # micro-batch again, with count 0, which the step weighs by nothing.
-                inputs = self.last_inputs = inputs or self.last_inputs
-            yield inputs, count
+            yield (self.model_inputs(batch) if count else None), count  # None: every clip of it was unreadable
 
     def model_inputs(self, batch):
         """What Wav2Vec2ForCTC's forward takes from a collated batch, on the device."""
@@ -118,8 +111,8 @@ class ASRConfig(TrainConfig):
         # wav2vec2-base fine-tuning on one GPU
         "base": dict(epochs=30, batch_size=8, grad_accum=2, lr=1e-4, warmup_steps=500, freeze_feature_encoder=True,
                      grad_checkpointing=False, num_workers=2, mask_time_prob=0.05, layerdrop=0.05),
-        # wav2vec2-large-xlsr-53 on a 16 GB P100/T4 as in the seeds: batch 1 x accumulation 8,
-        # gradient checkpointing, fp16 (the default on those GPUs), frozen feature encoder, 70
+        # wav2vec2-large-xlsr-53 on a 16 GB T4 as in the seeds (their P100 no longer runs current PyTorch):
+        # batch 1 x accumulation 8, gradient checkpointing, fp16 (the T4's default), frozen feature encoder, 70
         # epochs then 7 at 5e-6. A full checkpoint is ~3.8 GB (weights + AdamW moments), so one
         # rolling file is kept: Kaggle saves at most 20 GB of output.
         "xlsr53": dict(epochs=70, phase2_epochs=7, phase2_lr=5e-6, batch_size=1, grad_accum=8, lr=1e-4,

@@ -37,6 +37,7 @@ class TrainConfig:
     keep_last: int = 3              # rolling checkpoints kept, at least 1 (hand-offs and best are never pruned)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = False           # torch.compile the training forward (slow to start; faster steps on GPUs)
+    adamw: str = "auto"             # AdamW's implementation: auto (fused on CUDA, foreach elsewhere), fused, foreach
     # A diverging run (training/divergence.py) rolls back to its last good checkpoint, skips the data since,
     # and goes on at a lower learning rate; after max_recoveries in a row without a good checkpoint
     # between, the part stops with the last good state as its hand-off.
@@ -56,6 +57,8 @@ class TrainConfig:
             raise ConfigError("lr and phase2_lr must be positive")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("min_lr_ratio must be between 0 and 1")
+        if self.adamw not in ("auto", "fused", "foreach"):
+            raise ConfigError(f"adamw must be 'auto', 'fused' or 'foreach' (got {self.adamw!r})")
         if not 0 < self.recover_lr_factor <= 1 or not (self.spike_factor == 0 or self.spike_factor > 1):
             raise ConfigError("recover_lr_factor must be in (0, 1], and spike_factor 0 (off) or above 1")
 

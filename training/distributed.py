@@ -13,6 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from training.config import ConfigError
+
 
 @dataclasses.dataclass
 class Ranks:
@@ -26,6 +28,11 @@ class Ranks:
     def main(self):
         return self.rank == 0
 
+    def share(self, micro_batches):
+        """How many of a step's `micro_batches` (of all ranks) are this rank's: micro-batch i of a step
+        goes to rank i % world, so the ranks take turns and a short last step leaves some without one."""
+        return len(range(self.rank, micro_batches, self.world))
+
 
 def start_processes(device_type):
     """Join the process group torchrun describes in the environment: NCCL between GPUs (one per
@@ -35,7 +42,13 @@ def start_processes(device_type):
         return Ranks(device=torch.device("cpu"))
     ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":
-        torch.cuda.set_device(ranks.local_rank % torch.cuda.device_count())
+        gpus, here = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        if gpus == 0:
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is visible")
+        if here > gpus:  # two processes on one GPU would only fight over its memory (NCCL refuses it)
+            raise ConfigError(f"torchrun started {here} processes on this machine, which has {gpus} GPU(s): "
+                              f"one process per GPU, so use --nproc_per_node {gpus} (or --device cpu)")
+        torch.cuda.set_device(ranks.local_rank)
         ranks.device = torch.device("cuda", torch.cuda.current_device())
     else:
         ranks.device = torch.device("cpu")

@@ -33,8 +33,7 @@ class LMTask:
         n_eval = min(len(self.val), cfg.eval_batches * cfg.batch_size)
         self.eval_indices = np.linspace(0, len(self.val) - 1, n_eval).round().astype(int).tolist()[rank::world]
         self.fingerprint = fingerprint  # to warn when the data changes: the token file's hash of its tokens
-        self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True, drop_last=True,
-                                    rank=rank, world_size=world)
+        self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True, drop_last=True)
         self.meta = {"tokenizer": tokenizer.to_dict()}  # what inference needs besides the weights
 
     def batches(self, index_batches, epoch):

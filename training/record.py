@@ -140,8 +140,8 @@ def close_part(history, part, step, seconds, step_seconds):
     if entry is None:  # rolled back whole to a state from before this part began: it kept no steps
         entry = {"part": part, "start_step": step}
         history["parts"].append(entry)
-    steps = step - entry["start_step"]
-    entry.update(end_step=step, seconds=round(seconds, 3),
+    steps, seconds = step - entry["start_step"], round(seconds, 3)  # the rate agrees with the seconds stored
+    entry.update(end_step=step, seconds=seconds,
                  steps_per_hour=round(steps / seconds * 3600, 1) if steps and seconds > 0 else None,
                  steps_per_second=round(steps / step_seconds, 3) if steps and step_seconds > 0 else None)
 

@@ -38,7 +38,7 @@ class RegTask:
         self.device, self.batch_size = device, cfg.batch_size
         self.target_range = [float(table.target[train_rows].min()), float(table.target[train_rows].max())]
         self.fingerprint = xxhash.xxh3_64(self.rows.targets.numpy().tobytes() + "".join(table.ids).encode()).hexdigest()
-        self.sampler = EpochSampler(len(train_rows), cfg.batch_size, cfg.seed, shuffle=True, rank=rank, world_size=world)
+        self.sampler = EpochSampler(len(train_rows), cfg.batch_size, cfg.seed, shuffle=True)
         self.meta = {"tokenizer": tokenizer.to_dict() if tokenizer else None,
                      "standardizer": standardize.to_dict() if standardize else None,
                      "columns": {"id": cfg.id_column, "text": cfg.text_column, "numeric": numeric_column_list(cfg),
