@@ -104,11 +104,13 @@ def state_problem(model, optimizer):
     """Names the first weight or optimizer tensor that holds NaN or inf, or None (checked before
     every write: a checkpoint never holds a non-finite state)."""
     named = [(f"weight {n}", p) for n, p in model.named_parameters()]
+    # AdamW's step counts are counts, and on the CPU beside CUDA moments unless the optimizer is fused.
     named += [(f"optimizer {k}", t) for state in optimizer.state.values() for k, t in state.items()
-              if isinstance(t, torch.Tensor) and t.is_floating_point()]
+              if isinstance(t, torch.Tensor) and t.is_floating_point() and k != "step"]
     if not named:
         return None
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()  # one sync
+    device = named[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in named]).cpu()  # one sync
     bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
     return f"a non-finite {bad[0]}" if bad else None
 
