@@ -188,6 +188,9 @@ def export(args, device):
     """Write the checkpoint's model as a Hugging Face folder: config.json and model.safetensors, and
     for asr the vocabulary, feature extractor and tokenizer that `transformers.pipeline` needs; for lm
     with GPT-2's BPE, the tokenizer files AutoTokenizer reads."""
+    if args.task == "reg":
+        raise InferError("a reg model has no Hugging Face counterpart to export; its checkpoint is the model "
+                         "(infer.py --task reg --ckpt reads it)")
     model, meta = load_model(args.ckpt, args.task, device)
     if args.task == "asr":
         model.save_pretrained(args.export, vocab=meta["task_meta"]["vocab"])

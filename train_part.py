@@ -157,7 +157,11 @@ class Part:
             sys.stdout = open(os.devnull, "w")
         self.device, amp = choose_device(args)
         self.amp = amp  # recorded in every checkpoint, with the device type
-        os.makedirs(args.out, exist_ok=True)
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:  # a file of that name, or a place nobody may write to
+            raise ConfigError(f"--out {args.out} cannot be the run folder ({e.strerror or e}); give a folder "
+                              f"that can be created and written") from None
         if self.ranks.main:
             ckpt.remove_stale_temp_files(args.out)
         saved, args.part = choose_checkpoint(args, self.ranks)

@@ -51,16 +51,20 @@ def read_table(path, id_column, text_column, numeric_columns, target_column, for
     if not os.path.isfile(path):
         raise DataError(f"table {path} does not exist")
     csv.field_size_limit(sys.maxsize)  # catalog texts can be long
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        needed = [id_column] + ([text_column] if text_column else []) + list(numeric_columns)
-        needed += [target_column] if for_training else []
-        for name in needed:
-            if name not in columns:
-                what = "the model was trained with" if not for_training and name != id_column else "is needed"
-                raise DataError(f"{path} has no column {name!r}, which {what} (columns: {', '.join(columns) or 'none'})")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            needed = [id_column] + ([text_column] if text_column else []) + list(numeric_columns)
+            needed += [target_column] if for_training else []
+            for name in needed:
+                if name not in columns:
+                    what = "the model was trained with" if not for_training and name != id_column else "is needed"
+                    raise DataError(f"{path} has no column {name!r}, which {what} "
+                                    f"(columns: {', '.join(columns) or 'none'})")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:  # Latin-1, UTF-16, a binary file
+        raise DataError(f"{path} is not a UTF-8 CSV file ({e}); save it as UTF-8 (Excel: CSV UTF-8)") from None
     if not rows:
         raise DataError(f"{path} has a header but no rows")
 
