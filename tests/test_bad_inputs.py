@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-import ckpt
 import infer
 import train_part
 from conftest import tiny_lm_args
@@ -34,6 +33,12 @@ def binary_file(folder):
     return path
 
 
+def tiny_text(folder):
+    path = folder / "two.txt"
+    path.write_text("hi")
+    return path
+
+
 def file_named_like_a_folder(folder):
     path = folder / "taken"
     path.write_text("a file, not a folder\n")
@@ -53,6 +58,8 @@ CASES = [  # (name, command given the test's folder, the sentence's words)
                                       *tiny_lm_args()], "cannot be the run folder"),
     ("--out where nothing may be made", lambda d: ["train", "--task", "lm", "--out", "/proc/baton/run",
                                                    *tiny_lm_args()], "cannot be the run folder"),
+    ("lm text of 2 bytes", lambda d: ["train", "--task", "lm", "--out", str(d / "run"), "--data", str(tiny_text(d))],
+     "the text has 2 tokens, too few for a training and a validation part"),
     ("reg --export", lambda d: ["infer", "--task", "reg", "--ckpt", str(d / "reg"), "--export", str(d / "hf")],
      "a reg model has no Hugging Face counterpart to export"),
 ]
@@ -70,4 +77,4 @@ def test_bad_input_is_one_sentence(tmp_path, capsys, name, command, said):
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and said in err[0], err
     assert all(os.path.getsize(p) == size for p, size in before.items())  # what was there is untouched
-    assert not any(p.name.endswith(".safetensors") for p in tmp_path.rglob("*") if p.name != ckpt.BEST_NAME)
+    assert not any(p.name.endswith(".safetensors") for p in tmp_path.rglob("*"))

@@ -11,9 +11,10 @@ import math
 import numpy as np
 import torch
 
+import model as models
+from data import DataError
 from data.sampler import EpochSampler
 from data.text import DEFAULT_CORPUS, TokenWindows, describe_change, token_file
-import model as models
 from model.gpt import GPT, GPTConfig
 from training.config import ConfigError, TrainConfig
 
@@ -26,7 +27,11 @@ class LMTask:
     best_metric = "val_loss"  # picks best_model.safetensors (lower is better)
 
     def __init__(self, tokens, tokenizer, fingerprint, cfg, device, rank=0, world=1):
-        n_val = int(len(tokens) * cfg.val_fraction)
+        n_val, least = int(len(tokens) * cfg.val_fraction), 2 * cfg.block_size + 1  # two windows a split
+        if min(n_val, len(tokens) - n_val) < least:
+            raise DataError(f"the text has {len(tokens):,} tokens, too few for a training and a validation part "
+                            f"({cfg.val_fraction:g} of it) of {least} tokens each at block_size {cfg.block_size}; "
+                            f"use more text or a smaller block_size")
         self.train = TokenWindows(tokens[:-n_val], cfg.block_size, cfg.seed)
         self.val = TokenWindows(tokens[-n_val:], cfg.block_size, cfg.seed)
         self.device, self.batch_size = device, cfg.batch_size
