@@ -165,11 +165,11 @@ class Part:
         if self.ranks.main:
             ckpt.remove_stale_temp_files(args.out)
         saved, args.part = choose_checkpoint(args, self.ranks)
-        self.cfg = cfg = keep_global_batch(resolve_config(args, saved), args, saved, self.ranks.world)
+        resumable = saved if saved is not None and saved.is_training else None  # not a weights-only or .pt file
+        self.cfg = cfg = keep_global_batch(resolve_config(args, resumable), args, resumable, self.ranks.world)
         print_config(cfg)
 
         random_seed_everything(cfg.seed)  # the same initial weights on every rank
-        resumable = saved if saved is not None and saved.is_training else None
         # The task's model, and the task object: its batches, evaluation and metrics (training/__init__.py).
         self.model, self.task = TASKS[args.task].build(cfg, self.device, self.ranks.rank, self.ranks.world,
                                                        resumable, args.out)
@@ -545,19 +545,19 @@ def finish(part, stop_reason):
 # -----------------------------------------------------------------------------
 # Setting up: the config, the model for training, the optimizer, the device
 
-def resolve_config(args, saved):
+def resolve_config(args, resumable):
     """Defaults + --set for a fresh run; the checkpoint's config + --set when resuming (training/config.py).
     Each task's config extends TrainConfig, the fields every task has (training/lm.py, asr.py, reg.py)."""
     cli = list(args.settings) + ([f"data={args.data}"] if args.data is not None else []) + \
         ([f"seed={args.seed}"] if args.seed is not None else [])
-    resumable = saved is not None and saved.is_training and isinstance(saved.meta.get("config"), dict)
-    return resolve_settings(TASKS[args.task].config, cli, saved.meta["config"] if resumable else None)
+    saved_config = resumable.meta.get("config") if resumable is not None else None
+    return resolve_settings(TASKS[args.task].config, cli, saved_config if isinstance(saved_config, dict) else None)
 
 
-def keep_global_batch(cfg, args, saved, world):
+def keep_global_batch(cfg, args, resumable, world):
     """On another number of processes than the checkpoint's, grad_accum scales so that a step still
     takes the same micro-batches: T4 x2 -> one GPU (and back) is the same run, up to float rounding."""
-    before = saved.meta.get("world_size", 1) if saved is not None and saved.is_training else world
+    before = resumable.meta.get("world_size", 1) if resumable is not None else world
     if before == world or any(s.startswith("grad_accum=") for s in args.settings):
         return cfg
     per_step = cfg.grad_accum * before
