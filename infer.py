@@ -109,6 +109,9 @@ def infer_asr(args, device):
     if not utterances:
         raise InferError(f"no audio clips found in {args.data}")
     clips = audio.AudioDataset(utterances)
+    if len(clips) == 0:  # a submission of empty sentences only would look like a result
+        raise InferError(audio.no_usable_clip(args.data or manifest.EMBEDDED_TEST, clips, "test",
+                                              every_path=[u.path for u in utterances]))
     print(f"clips: {clips.report}", file=sys.stderr)
     lm = decoding.read_lm(args.lm, transcripts.sentences_of) if args.lm else None
     if lm is not None and not args.beam:
@@ -149,13 +152,17 @@ def infer_asr(args, device):
 
 
 def infer_reg(args, device):
-    """Every row of a CSV -> predictions.csv (id, predicted target), in input order."""
+    """Every row of a CSV -> predictions.csv (id, predicted target), in input order. A CSV without
+    the id column (or a model trained without one) gets row numbers in a column named `row`."""
     model, meta = load_model(args.ckpt, "reg", device)
     info = meta["task_meta"]
     columns = info["columns"]
     path = args.data or table_data.DEFAULT_TEST
     table = table_data.read_table(path, columns["id"], columns["text"], columns["numeric"], columns["target"],
-                                  for_training=False)
+                                  for_training=False, ids_optional=True)
+    if columns["id"] and not table.id_column:
+        print(f"note: {path} has no {columns['id']!r} column, so the predictions name each row by its number in a "
+              f"'row' column (1 = the first row after the header)", file=sys.stderr)
     bad = int(np.isnan(table.numeric).any(axis=1).sum()) if table.numeric is not None else 0
     if bad:
         print(f"warning: {bad} rows have a missing or non-numeric feature; the training mean is used there",
@@ -172,11 +179,11 @@ def infer_reg(args, device):
     out_path = args.out or "predictions.csv"
     with open(out_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow([columns["id"], columns["target"]])
+        writer.writerow([table.id_column or "row", columns["target"]])
         writer.writerows(zip(table.ids, (f"{v:.6g}" for v in predicted)))
     print(f"wrote {out_path}: {len(predicted)} rows ({table.report})", file=sys.stderr)
     try:  # a labelled file: say how good the predictions are
-        labelled = table_data.read_table(path, columns["id"], "", [], columns["target"])
+        labelled = table_data.read_table(path, table.id_column, "", [], columns["target"])
         if len(labelled.ids) == len(table.ids):
             print(f"SMAPE {table_data.smape(predicted, labelled.target):.2f}, "
                   f"MAE {table_data.mae(predicted, labelled.target):.2f}", file=sys.stderr)

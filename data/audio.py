@@ -134,8 +134,9 @@ class AudioDataset(torch.utils.data.Dataset):
             texts = [normalize_text(s or "", vocab.keep) for s in sentences]
         estimated = len(paths) > header_limit and not cache
         counts = {"missing files": 0, "unreadable": 0, "empty sentences": 0}
-        sizes = _file_sizes(paths, texts if vocab is not None else None, counts)
-        kept, lengths, audio, too_long = _clip_lengths(paths, sizes, max_seconds, cache, estimated, counts)
+        first = {}  # the first path of each cause, for a message that shows one
+        sizes = _file_sizes(paths, texts if vocab is not None else None, counts, first)
+        kept, lengths, audio, too_long = _clip_lengths(paths, sizes, max_seconds, cache, estimated, counts, first)
         items = utterances.subset(kept) if is_columns else list(itertools.compress(utterances, kept))
         parts = [f"{n} {what}" for what, n in counts.items()]
         if max_seconds is not None:
@@ -144,6 +145,9 @@ class AudioDataset(torch.utils.data.Dataset):
         report = (f"kept {len(items)} of {len(paths)} clips ({hours:.2f} h"
                   f"{', lengths estimated from file sizes' if estimated else ''}): {', '.join(parts)}")
         self._adopt(items, lengths, report, vocab, max_seconds, estimated, audio)
+        if max_seconds is not None:
+            counts[f"longer than {max_seconds:g} s"] = too_long
+        self.dropped, self.first = {cause: n for cause, n in counts.items() if n}, first
 
     @classmethod
     def checked(cls, items, lengths, report, vocab=None, max_seconds=None, estimated=False, audio=None):
@@ -156,6 +160,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.items, self.lengths, self.report = items, lengths, report
         self.vocab, self.max_seconds, self.estimated = vocab, max_seconds, estimated
         self._audio = audio  # decoded clips, parallel to self.items (cache=True), else None
+        self.dropped, self.first = {}, {}  # clips dropped by cause, and the first path of each (when checked here)
 
     def __len__(self):
         return len(self.items)
@@ -180,7 +185,25 @@ class AudioDataset(torch.utils.data.Dataset):
         return item
 
 
-def _file_sizes(paths, texts, counts):
+def no_usable_clip(source, dataset, what="training", every_path=()):
+    """The sentence for a manifest (`source`) of whose `what` clips `dataset` kept none. When no
+    file of `every_path` (all the manifest lists) exists, that is what is wrong (another folder, the
+    audio not attached), so it says so; else what the check dropped, with the first path of each
+    cause (None without a `dataset`: then only missing files are looked for)."""
+    missing = [path for path in every_path if not os.path.isfile(path)]  # a stat per clip, on this failure only
+    if missing and len(missing) == len(every_path):
+        return (f"all {len(missing)} audio files that {source} lists are missing (first: {missing[0]}); put the audio "
+                f"where the manifest points (relative paths start at the CSV's folder; Bengali.AI ids name "
+                f"train_mp3s/<id>.mp3 there, else <id>.mp3 beside the CSV) or fix its paths")
+    if dataset is None:
+        return None
+    causes = [f"{n} {cause}" + (f" (first: {dataset.first[cause]})" if cause in dataset.first else "")
+              for cause, n in dataset.dropped.items()]
+    return (f"none of the {sum(dataset.dropped.values())} {what} clips checked in {source} can be used "
+            f"({', '.join(causes)}); fix those rows or the files they name")
+
+
+def _file_sizes(paths, texts, counts, first):
     """Each clip's file size, or -1 where it is dropped: its normalised sentence (`texts`, when
     given) is empty, or its file is missing. One stat per clip gives both existence and size."""
     sizes = [-1] * len(paths)
@@ -194,12 +217,13 @@ def _file_sizes(paths, texts, counts):
             st = None
         if st is None or not stat.S_ISREG(st.st_mode):
             counts["missing files"] += 1
+            first.setdefault("missing files", path)
             continue
         sizes[i] = st.st_size
     return sizes
 
 
-def _clip_lengths(paths, sizes, max_seconds, decode, estimated, counts):
+def _clip_lengths(paths, sizes, max_seconds, decode, estimated, counts, first):
     """(kept mask, lengths in samples, decoded clips or None, clips too long) of the clips with a
     file (sizes >= 0): decoded (`decode`), estimated from sizes (`estimated`), or from headers."""
     candidates = [i for i, size in enumerate(sizes) if size >= 0]
@@ -221,6 +245,7 @@ def _clip_lengths(paths, sizes, max_seconds, decode, estimated, counts):
             length = 0
         if length <= 0:
             counts["unreadable"] += 1
+            first.setdefault("unreadable", paths[i])
             continue
         if max_seconds is not None and length > max_seconds * SAMPLE_RATE:
             too_long += 1
@@ -321,16 +346,7 @@ class ManifestCheck:
 def check_manifest(csv_path, cfg, vocab=None):
     """The costly path: read the whole manifest, split it, build the vocabulary unless given, check every clip."""
     manifest = read_columns(csv_path, require_text=True, split=None)
-    splits = manifest.column("split")
-    if any(splits):
-        train_mask = np.array([s in ("", "train") for s in splits], dtype=bool)
-        val_mask = np.array([s in ("valid", "validation", "val", "dev") for s in splits], dtype=bool)
-    else:
-        val_mask = held_out(manifest.column("id"), cfg.val_fraction)
-        train_mask = ~val_mask
-    if not train_mask.any() or not val_mask.any():
-        raise DataError(f"{cfg.data or 'the embedded sample'} gives {int(train_mask.sum())} training and "
-                        f"{int(val_mask.sum())} validation clips; both are needed")
+    train_mask, val_mask = _split(manifest, csv_path, cfg)
     train = manifest.subset(train_mask)
     # Normalised once, for both the vocabulary and the empty-sentence check (a vocabulary built
     # here keeps no punctuation, so both want the same text).
@@ -338,6 +354,8 @@ def check_manifest(csv_path, cfg, vocab=None):
     vocab = vocab or CharVocab.of_texts(texts)
     small = len(manifest) <= IN_MEMORY_CLIPS
     clips = AudioDataset(train, vocab, max_seconds=cfg.max_seconds, cache=small, header_limit=HEADER_LIMIT, texts=texts)
+    if len(clips) == 0:  # before the sampler, which cannot serve nothing; the partly bad are dropped and counted
+        raise DataError(no_usable_clip(csv_path, clips, every_path=manifest.paths()))
     # A fixed, evenly spread validation subset.
     val_rows = np.flatnonzero(val_mask)
     chosen = np.zeros(len(manifest), dtype=bool)
@@ -347,6 +365,27 @@ def check_manifest(csv_path, cfg, vocab=None):
                                  .encode()).hexdigest()
     return ManifestCheck(vocab, kept.packed(), clips.lengths, clips.report, clips.estimated,
                          manifest.subset(chosen).packed(), fingerprint, clips._audio)
+
+
+def _split(manifest, csv_path, cfg):
+    """(training mask, validation mask): the manifest's split column, else a hash of each id."""
+    splits = manifest.column("split")
+    if any(splits):
+        train_mask = np.array([s in ("", "train") for s in splits], dtype=bool)
+        val_mask = np.array([s in ("valid", "validation", "val", "dev") for s in splits], dtype=bool)
+    else:
+        val_mask = held_out(manifest.column("id"), cfg.val_fraction)
+        train_mask = ~val_mask
+    if not train_mask.any() or not val_mask.any():
+        # Missing audio is the worse problem, and the one to fix first: say it when no file exists.
+        missing = no_usable_clip(csv_path, None, every_path=manifest.paths())
+        if missing:
+            raise DataError(missing)
+        how = ("mark rows 'train' and 'valid' in its split column" if any(splits)
+               else f"add rows or change val_fraction ({cfg.val_fraction:g})")
+        raise DataError(f"{cfg.data or 'the embedded sample'} gives {int(train_mask.sum())} training and "
+                        f"{int(val_mask.sum())} validation clips; both are needed: {how}")
+    return train_mask, val_mask
 
 
 def training_csv(path):

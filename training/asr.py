@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from data import DataError
-from data.audio import AudioDataset, collate, manifest_check
+from data.audio import AudioDataset, collate, manifest_check, no_usable_clip, training_csv
 from data.sampler import EpochSampler
 from data.transcripts import CharVocab, error_counts, error_rate, normalize_text
 import model as models
@@ -110,14 +110,15 @@ class ASRConfig(TrainConfig):
                      grad_checkpointing=False, num_workers=0, mask_time_prob=0.05, layerdrop=0.0),
         # wav2vec2-base fine-tuning on one GPU
         "base": dict(epochs=30, batch_size=8, grad_accum=2, lr=1e-4, warmup_steps=500, freeze_feature_encoder=True,
-                     grad_checkpointing=False, num_workers=2, mask_time_prob=0.05, layerdrop=0.05),
+                     grad_checkpointing=False, num_workers=2, mask_time_prob=0.05, layerdrop=0.05, probe_memory=True),
         # wav2vec2-large-xlsr-53 on a 16 GB T4 as in the seeds (their P100 no longer runs current PyTorch):
         # batch 1 x accumulation 8, gradient checkpointing, fp16 (the T4's default), frozen feature encoder, 70
         # epochs then 7 at 5e-6. A full checkpoint is ~3.8 GB (weights + AdamW moments), so one
         # rolling file is kept: Kaggle saves at most 20 GB of output.
         "xlsr53": dict(epochs=70, phase2_epochs=7, phase2_lr=5e-6, batch_size=1, grad_accum=8, lr=1e-4,
                        warmup_steps=500, freeze_feature_encoder=True, grad_checkpointing=True, num_workers=2,
-                       mask_time_prob=0.05, layerdrop=0.1, keep_last=1, save_every_minutes=60, save_every_steps=0),
+                       mask_time_prob=0.05, layerdrop=0.1, keep_last=1, save_every_minutes=60, save_every_steps=0,
+                       probe_memory=True),
     }
     preset: str = "tiny"            # architecture + training defaults: tiny (CPU), base, xlsr53
     pretrained: str = ""            # a Hugging Face wav2vec2 folder (config.json + model.safetensors) to fine-tune
@@ -153,8 +154,8 @@ def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
     check = manifest_check(cfg, vocab, workdir, saved, rank)
     task = ASRTask(check, cfg, device, rank, world)
     print(f"data: train: {task.train.report}\n      valid: {task.val.report}\n      vocabulary: {len(task.vocab)} symbols")
-    if len(task.train) == 0 or len(task.val) == 0:
-        raise DataError("no usable clips left after dropping the bad ones (see the counts above)")
+    if len(task.val) == 0:  # (a manifest check with no training clip is an error already)
+        raise DataError(no_usable_clip(training_csv(cfg.data), task.val, "validation"))
     arch = {"tiny": "tiny", "base": "base", "xlsr53": "large"}[cfg.preset]
     fresh = Wav2Vec2Config.preset(arch, vocab_size=len(task.vocab))
     saved_config = saved.meta["model_config"] if saved else None

@@ -36,6 +36,7 @@ class TrainConfig:
     save_every_minutes: float = 30  # ... and at least every N minutes; 0 = off
     keep_last: int = 3              # rolling checkpoints kept, at least 1 (hand-offs and best are never pruned)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    probe_memory: bool = False      # at a part's start, try the largest micro-batch and train in as many pieces as fit
     compile: bool = False           # torch.compile the training forward (slow to start; faster steps on GPUs)
     adamw: str = "auto"             # AdamW's implementation: auto (fused on CUDA, foreach elsewhere), fused, foreach
     # A diverging run (training/divergence.py) rolls back to its last good checkpoint, skips the data since,

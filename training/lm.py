@@ -105,8 +105,12 @@ def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
     fresh = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                       n_head=cfg.n_head, n_embd=cfg.n_embd)
     saved_config = saved.meta["model_config"] if saved else None
-    model = models.pretrained_or_fresh(GPT, cfg.pretrained, saved_config, fresh, {"block_size": cfg.block_size},
-                                       dropout=cfg.dropout, attn_dropout=cfg.attn_dropout)
+    try:
+        model = models.pretrained_or_fresh(GPT, cfg.pretrained, saved_config, fresh, {"block_size": cfg.block_size},
+                                           dropout=cfg.dropout, attn_dropout=cfg.attn_dropout)
+    except (OSError, ValueError) as e:  # a folder with a tokenizer but no model, or another model's
+        raise ConfigError(f"pretrained={cfg.pretrained} cannot be loaded as a GPT-2 model ({e}); give a Hugging "
+                          f"Face GPT-2 folder with config.json and model.safetensors") from None
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"the pretrained model's vocabulary ({model.config.vocab_size}) is smaller than "
                           f"the tokenizer's ({tokenizer.vocab_size})")

@@ -16,8 +16,8 @@ import xxhash
 
 import ckpt
 import model as models
-from data.table import (DEFAULT_TRAIN, RegRows, Standardizer, decode_target, encode_target, mae, read_table, smape,
-                        split_rows)
+from data.table import (DEFAULT_ID, DEFAULT_TRAIN, RegRows, Standardizer, decode_target, encode_target, extreme_values,
+                        mae, read_table, smape, split_rows)
 from data.sampler import EpochSampler
 from data.tokenizers import make_tokenizer, tokenizer_from_dict
 from model.gpt import GPT, GPTConfig
@@ -80,7 +80,7 @@ class RegConfig(TrainConfig):
         "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=16, lr=5e-5, warmup_steps=300),
     }
     preset: str = "tiny"
-    id_column: str = "sample_id"
+    id_column: str = DEFAULT_ID     # "" = none (training never reads ids); without the default one, row numbers
     text_column: str = "catalog_content"  # "" = no text
     numeric_columns: str = ""       # comma-separated numeric feature columns ("" = none)
     target_column: str = "price"
@@ -122,7 +122,13 @@ def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
     """(model, task object) of the reg task; `saved` is the checkpoint a run resumes from, or None."""
     numeric_columns = numeric_column_list(cfg)
     path = cfg.data or DEFAULT_TRAIN
-    table = read_table(path, cfg.id_column, cfg.text_column, numeric_columns, cfg.target_column)
+    # Training never reads ids: only the validation split does, and row numbers serve it as well.
+    # A column named on purpose must exist (a typo should not pass); the default one may be absent.
+    table = read_table(path, cfg.id_column, cfg.text_column, numeric_columns, cfg.target_column,
+                       ids_optional=cfg.id_column == DEFAULT_ID)
+    if cfg.id_column and not table.id_column:
+        print(f"note: {path} has no {cfg.id_column!r} column, so its rows are named by their numbers (1 = the first "
+              f"after the header), which then pick the validation split: keep the rows in this order between parts")
     train_rows, val_rows = split_rows(table, cfg.val_fraction, path)
     print(f"data: {table.report}; {len(train_rows):,} train / {len(val_rows):,} validation rows")
     gpt, text_cfg = None, None
@@ -140,7 +146,7 @@ def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
         elif cfg.text_column:
             tokenizer = make_tokenizer(cfg.tokenizer, "".join(table.texts[i] for i in train_rows))
         # Statistics of the training rows only: validation must look like unseen data.
-        standardize = Standardizer.fit(table.numeric[train_rows]) if numeric_columns else None
+        standardize = fit_standardizer(table, train_rows, numeric_columns) if numeric_columns else None
     if tokenizer is not None and text_cfg is None:
         text_cfg = dataclasses.asdict(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
                                                 n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
@@ -158,6 +164,28 @@ def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
     print(f"reference: predicting the training median scores SMAPE {smape(median, table.target[val_rows]):.1f} "
           f"on validation")
     return model, task
+
+
+def fit_standardizer(table, train_rows, columns):
+    """The Standardizer of the training rows' numeric columns. One value far outside the rest (a 1e30
+    typed for a missing value) would make the column's standard deviation its own, and every other
+    row about 0: such a column is clipped to the range of its other values, with a warning line."""
+    x = table.numeric[train_rows]
+    found = extreme_values(x)
+    for j, (name, hit) in enumerate(zip(columns, found)):
+        if hit is None:
+            continue
+        extreme, (lo, hi) = hit
+        worst = extreme[np.argmax(np.abs(x[extreme, j].astype(np.float64) - (lo + hi) / 2))]
+        k = train_rows[worst]
+        where = f"row {table.rows[k]}" + (f" ({table.id_column} {table.ids[k]})" if table.id_column else "")
+        which = (f"an extreme value {x[worst, j]:g}" if len(extreme) == 1
+                 else f"{len(extreme)} extreme values, the farthest {x[worst, j]:g}")
+        print(f"warning: numeric column {name!r} has {which} in {where}, while the others lie within {lo:g} to "
+              f"{hi:g}; standardised with it, the rest of the column would be nearly one value, so it is clipped to "
+              f"that range for training and prediction: fix or remove the row if the value is a mistake")
+    clip = [hit[1] if hit else None for hit in found]
+    return Standardizer.fit(x, clip if any(clip) else None)  # no clip at all: the statistics as they always were
 
 
 def text_backbone(cfg):
