@@ -39,14 +39,32 @@ STARTED = time.time()  # the budget's clock: Python's own start-up before this l
 import signal  # noqa: E402
 
 # Installed before the slow imports below so that a SIGTERM at any moment, even while torch
-# loads, ends in a clean save at the next step boundary instead of a lost session.
-STOP = {"signal": None}
+# loads, ends in a clean save at the next step boundary instead of a lost session. Where no step
+# boundary comes soon (setting up: tokenizing, checking a manifest; a step's forward and backward,
+# compilation included), `at_once` makes it raise Interrupted there and then (see signals_at_once).
+STOP = {"signal": None, "at_once": False}
+
+
+class Interrupted(BaseException):
+    """A SIGTERM/SIGINT acted on at once; a BaseException, so that no `except Exception` keeps it."""
 
 
 def request_stop(signum, frame):
     if STOP["signal"] is not None and signum == signal.SIGINT:
         raise KeyboardInterrupt  # a second Ctrl-C means "now"; the checkpoint files stay whole
     STOP["signal"] = signal.Signals(signum).name
+    raise_at_once(signum, frame)
+
+
+def raise_at_once(signum, frame):
+    """An exception raised by a signal handler lands wherever the main thread is, and a few places
+    swallow it (an at-fork hook of `logging` while a tokenizer pool starts, a __del__): so it is
+    raised again every half second (SIGALRM) until it gets through and signals_at_once ends."""
+    if STOP["at_once"]:
+        if hasattr(signal, "setitimer"):
+            signal.signal(signal.SIGALRM, raise_at_once)
+            signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+        raise Interrupted(STOP["signal"])
 
 
 if __name__ == "__main__":
@@ -55,7 +73,6 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import copy  # noqa: E402
 import dataclasses  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -72,10 +89,13 @@ from data import DataError  # noqa: E402
 from training import TASKS, divergence  # noqa: E402
 from training.budget import TimeBudget, format_seconds  # noqa: E402
 from training.config import ConfigError, print_config, resolve_settings  # noqa: E402
+from training.devices import choose_device  # noqa: E402
 from training.discovery import choose_checkpoint  # noqa: E402
 from training.distributed import all_ranks, any_rank, from_rank0, gather, start_processes, sum_over_ranks  # noqa: E402
 from training.divergence import RollBackPoint  # noqa: E402
-from training.record import close_part, new_history, plan, recent, record, write_metrics, write_plots  # noqa: E402
+from training.memory import OutOfMemory, plan_split, planned_pieces, probe_part, split_rows  # noqa: E402
+from training.record import (close_part, new_history, pack, plan, recent, record, unpack, write_metrics,  # noqa: E402
+                             write_plots)
 
 COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
 
@@ -127,11 +147,21 @@ def parse_args(argv):
 def main(argv=None, started=None):
     """Run one part; returns the exit code. `started` (a time.time()) defaults to Python's start."""
     started = STARTED if started is None else started
-    args = parse_args(argv)
+    args, part = parse_args(argv), None
     try:
-        part = Part(args, started)
-        stop_reason = train(part)
-        finish(part, stop_reason)
+        with signals_at_once():  # setting up has no step boundary to wait for
+            part = Part(args, started)
+        try:
+            finish(part, train(part))
+        except (Exception, Interrupted) as e:  # a fault or a signal mid-step: keep the last finished step
+            hand_off_after_fault(part, e)
+            raise  # with its traceback (exit 1), unless it is one of those below
+        return 0
+    except Interrupted as e:
+        if part is None:  # nothing was written: a token file or manifest check being made is removed whole
+            start = f"from {args.resumed_from}" if getattr(args, "resumed_from", None) else "where this one would have"
+            print(f"stopped: {e} while setting up, before this part's first step; nothing new to hand off, and "
+                  f"the next part starts {start}")
         return 0
     except (ConfigError, DataError, ckpt.CheckpointError) as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank raises it: say it once
@@ -140,6 +170,23 @@ def main(argv=None, started=None):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def signals_at_once(enabled=True):
+    """Within, a SIGTERM/SIGINT raises Interrupted at once (also one that came just before)."""
+    if not enabled:
+        yield
+        return
+    STOP["at_once"] = True
+    try:
+        if STOP["signal"] is not None:
+            raise Interrupted(STOP["signal"])
+        yield
+    finally:
+        STOP["at_once"] = False
+        if STOP["signal"] is not None and hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)  # raise_at_once's repeats
 
 
 # -----------------------------------------------------------------------------
@@ -165,6 +212,7 @@ class Part:
         if self.ranks.main:
             ckpt.remove_stale_temp_files(args.out)
         saved, args.part = choose_checkpoint(args, self.ranks)
+        args.resumed_from = saved.path if saved is not None else None  # for a stop while setting up (main)
         resumable = saved if saved is not None and saved.is_training else None  # not a weights-only or .pt file
         self.cfg = cfg = keep_global_batch(resolve_config(args, resumable), args, resumable, self.ranks.world)
         print_config(cfg)
@@ -205,6 +253,11 @@ class Part:
         self.last_eval_step = None
         self.last_save = time.monotonic()
         self.last_inputs = None  # the previous micro-batch, for train_step's stand-in under DDP
+        self.step_rng = None  # (global step, the RNG as that step began): what a failed step is undone to
+        self.updating = False  # between a step's first change to the weights and its position's move
+        self.handed_off = None  # the hand-off's path, once written
+        if cfg.probe_memory:  # the pieces every micro-batch is trained in (training/memory.py)
+            print(probe_part(self))
 
         if self.budget.deadline is not None:  # weights + AdamW's two moments dominate the file
             # Tied weights count twice here (the file stores them once): the estimate errs on the safe side.
@@ -247,8 +300,13 @@ def train(part):
                 lr = learning_rate(position.global_step, cfg, part.steps_per_epoch) * divergence.lr_scale(part.history)
                 size = min(part.per_step, len(batches) - position.batch_in_epoch)  # the step's, all ranks'
                 window = [next(stream) for _ in range(ranks.share(size))]
-                train_step(part, window, lr)
+                try:
+                    train_step(part, window, lr)
+                except Interrupted:  # a signal in its forward and backward: nothing is applied yet
+                    undo_step(part)
+                    return f"signal {STOP['signal']} (in step {position.global_step + 1}, undone)"
                 position.advance(size, len(batches))
+                part.updating = False
                 part.budget.observe_step(time.monotonic() - t0)
                 part.bar.update(1)
                 log_evaluate_save(part, lr, epoch)
@@ -268,24 +326,29 @@ def train_step(part, window, lr):
     window_count = units = sum(count for _, count in window)
     if ranks.world > 1:
         window_count = sum_over_ranks(ranks, [window_count])[0] / ranks.world
-    window_loss = torch.zeros((), device=part.device)
     real = [(inputs, count) for inputs, count in window if inputs is not None]  # None: unreadable (asr)
     if ranks.world > 1 and not real and part.last_inputs is not None:
         # Nothing of this step is this rank's (an epoch's short last step, or only unreadable clips), but
         # every rank joins the gradient exchange once a step: the previous micro-batch again, weighed 0.
         real = [(part.last_inputs, 0)]
-    for i, (inputs, count) in enumerate(real):
-        # Gradients are exchanged between ranks once per step, after the last micro-batch.
-        exchange = ranks.world == 1 or i == len(real) - 1
-        with contextlib.nullcontext() if exchange else part.train_model.no_sync():
-            with part.autocast():
-                _, loss_sum = part.train_model(**inputs)  # the loss summed over this micro-batch's units
-                if count == 0:  # the stand-in above: it only keeps this rank in the exchange
-                    loss_sum = loss_sum * 0.0
-            scaler.scale(loss_sum / window_count).backward()
-        window_loss += loss_sum.detach()
+    part.step_rng = (part.position.global_step, ckpt.capture_rng())
+    while True:
+        # Nothing is applied before the window's last backward, so a signal need not wait for the step's end
+        # (one process: several must all reach the gradient exchange).
+        with signals_at_once(ranks.world == 1):
+            window_loss, failed = forward_backward(part, real, window_count)
+        if failed is None:
+            break
+        # Out of memory in micro-batch `failed`: undo the attempt (its gradients and random draws), plan
+        # that micro-batch in more pieces (training/memory.py) and train the window again.
+        optimizer.zero_grad(set_to_none=True)
+        ckpt.restore_rng(part.step_rng[1])
+        if part.device.type == "cuda":
+            torch.cuda.empty_cache()
+        tqdm.write(plan_split(part.history, part.position.global_step + 1, failed, real[failed][0], part.device))
     if ranks.world > 1 and real:
         part.last_inputs = real[-1][0]
+    part.updating = True  # until the position moves on (train), the state is neither this step's nor the last
     grad_norm = None
     if part.cfg.grad_clip > 0 or scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
@@ -294,6 +357,43 @@ def train_step(part, window, lr):
     scaler.step(optimizer)  # skipped by the scaler if an fp16 gradient overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def forward_backward(part, real, window_count):
+    """Forward and backward of the window's micro-batches, each in the pieces the record plans for it
+    (1 unless it ran out of memory before); returns (the summed loss, None), or (None, i) when
+    micro-batch i ran out of memory (one process; with several it is OutOfMemory's sentence)."""
+    step, world = part.position.global_step + 1, part.ranks.world
+    window_loss = torch.zeros((), device=part.device)
+    for i, (inputs, count) in enumerate(real):
+        pieces = split_rows(inputs, planned_pieces(part.history, step, i))
+        for k, piece in enumerate(pieces):
+            # Gradients are exchanged between ranks once per step, after the last micro-batch.
+            exchange = world == 1 or (i == len(real) - 1 and k == len(pieces) - 1)
+            try:
+                with contextlib.nullcontext() if exchange else part.train_model.no_sync():
+                    with part.autocast():
+                        _, loss_sum = part.train_model(**piece)  # the loss summed over this piece's units
+                        if count == 0:  # the stand-in above: it only keeps this rank in the exchange
+                            loss_sum = loss_sum * 0.0
+                    part.scaler.scale(loss_sum / window_count).backward()
+            except torch.OutOfMemoryError:
+                if world > 1:  # the other ranks are on their way into the exchange: no going back alone
+                    raise OutOfMemory(f"out of memory at step {step} in micro-batch {i} on rank {part.ranks.rank}; "
+                                      f"with several processes a micro-batch is not split after the fact: "
+                                      f"--set probe_memory=true picks the pieces at the start, or lower "
+                                      f"batch_size and raise grad_accum") from None
+                return None, i  # leaving this frame frees what the failed attempt held
+            window_loss += loss_sum.detach()
+    return window_loss, None
+
+
+def undo_step(part):
+    """Back to the state after the last finished step, from the middle of the next one (before its
+    update): its gradients cleared, the random draws it made undone."""
+    part.optimizer.zero_grad(set_to_none=True)
+    if part.step_rng is not None and part.step_rng[0] == part.position.global_step:
+        ckpt.restore_rng(part.step_rng[1])
 
 
 def stop_reason(part):
@@ -444,7 +544,7 @@ def training_state(part, rng_states, good):
             "scaler": part.scaler.state_dict() if part.scaler.is_enabled() else part.idle_scaler_state,
             "scheduler": {"kind": "warmup_cosine_then_phase2", "last_lr": part.optimizer.param_groups[0]["lr"]},
             "rng": rng_states, "progress": dataclasses.asdict(position), "best": dict(part.best),
-            "history": part.history, "good": good, "watch": part.watch.state_dict(),
+            "history": pack(part.history), "good": good, "watch": part.watch.state_dict(),
             "sampler": {"seed": cfg.seed, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
                         "batches_per_epoch": len(part.task.sampler)}}
 
@@ -501,7 +601,7 @@ def save_best(part, metrics):
 # The end of a part: the hand-off and what to run next
 
 def finish(part, stop_reason):
-    args, ranks = part.args, part.ranks
+    args = part.args
     _, trouble = check(part, scan_state=True)  # the hand-off is checked like every other write
     if trouble and stop_reason == "finished":  # the plan's end is a step count too: decide as at any check
         recover(part, trouble)
@@ -515,6 +615,7 @@ def finish(part, stop_reason):
         evaluate_and_record(part, part.optimizer.param_groups[0]["lr"], position.epoch - 1)
     close_part(part.history, args.part, position.global_step, time.time() - part.started, part.budget.spent["steps"])
     path, nbytes = save(part, ckpt.handoff_name(args.part), final=True)
+    part.handed_off = path
     elapsed = time.time() - part.started
     print(f"\nstopped: {stop_reason} at global step {position.global_step} "
           f"(epoch {position.epoch}/{part.total_epochs}) after {format_seconds(elapsed)}")
@@ -528,18 +629,57 @@ def finish(part, stop_reason):
         print(f"best {part.best['metric']} {part.best['value']:.4f} at step {part.best['step']}: "
               f"{os.path.join(args.out, ckpt.BEST_NAME)}")
     print(f"baton: {path} ({ckpt.file_size_text(nbytes)})")
-    out_flag = "" if args.out == os.path.join(".", "runs", args.task) else f" --out {args.out}"
-    launcher = COMMANDS["train"] if ranks.world == 1 else \
-        COMMANDS["train"].replace("python ", f"torchrun --nproc_per_node {ranks.world} ", 1)
     if stop_reason == "finished":
         print(f"training is complete. Predict with:\n  {COMMANDS['infer']} --task {args.task} --ckpt {args.out}")
     else:
-        hours = f" --budget-hours {args.budget_hours:g}" if args.budget_hours else ""
-        print(f"next: {launcher} --task {args.task} --part {args.part + 1}{hours}{out_flag}")
+        print(f"next: {next_command(part)}")
     if args.kaggle:
         print(f"Kaggle: /kaggle/working disappears with this session. Keep the baton: Save Version, then in the "
               f"next session Add Data > Notebook Output > this notebook (Baton searches /kaggle/input), "
               f"or download {path} and upload it as a dataset.")
+
+
+def next_command(part):
+    """The command that continues the run in the next session."""
+    args, world = part.args, part.ranks.world
+    out_flag = "" if args.out == os.path.join(".", "runs", args.task) else f" --out {args.out}"
+    launcher = COMMANDS["train"] if world == 1 else \
+        COMMANDS["train"].replace("python ", f"torchrun --nproc_per_node {world} ", 1)
+    hours = f" --budget-hours {args.budget_hours:g}" if args.budget_hours else ""
+    return f"{launcher} --task {args.task} --part {args.part + 1}{hours}{out_flag}"
+
+
+def hand_off_after_fault(part, error):
+    """After an exception or a signal in the middle of a step: the hand-off of the last finished step,
+    if that state is whole (no optimizer update half applied, every value finite), and where it is.
+    The step that failed is undone: its gradients, and the random draws it made."""
+    if part.handed_off or isinstance(error, ckpt.CheckpointError):  # the hand-off is what failed, or is written
+        return
+    what, step = (f"{error}" if isinstance(error, Interrupted) else type(error).__name__), part.position.global_step
+    newest = part.good.path or f"none yet: the part began at step {part.good.step} without a checkpoint to resume"
+    if part.ranks.world > 1:
+        print(f"{what} at step {step + 1} on one of {part.ranks.world} processes, the others not at a step boundary: "
+              f"no hand-off is written; the next part resumes from the newest checkpoint in {part.args.out}")
+        return
+    if part.updating:
+        print(f"{what} during the optimizer update of step {step + 1}: the weights are half updated, so no hand-off "
+              f"is written; the newest good checkpoint is {newest}")
+        return
+    undo_step(part)
+    _, trouble = check(part, scan_state=True)
+    if trouble:
+        print(f"{what} at step {step + 1}, and the state before it is not sound ({trouble}): no hand-off is "
+              f"written; the newest good checkpoint is {newest}")
+        return
+    try:
+        close_part(part.history, part.args.part, step, time.time() - part.started, part.budget.spent["steps"])
+        path, _ = save(part, ckpt.handoff_name(part.args.part), final=True)
+    except Exception as e:  # the first error is the one to see; this one is said
+        print(f"{what} at step {step + 1}, and the hand-off could not be written ({type(e).__name__}: {e})")
+        return
+    print(f"\nstopped: {what} in step {step + 1}; the hand-off {path} holds step {step}, the last one finished "
+          f"(the failed step is undone), and continues exactly.\nnext: {next_command(part)}")
+    sys.stdout.flush()
 
 
 # -----------------------------------------------------------------------------
@@ -608,47 +748,6 @@ def load_optimizer_state(optimizer, state):
     optimizer.load_state_dict({**state, "param_groups": groups + state["param_groups"][len(groups):]})
 
 
-def choose_device(args):
-    """Device and precision, decided once: bf16 only where the GPU does it natively (compute
-    capability 8.0+); a T4 gets fp16 with a GradScaler; CPU runs in fp32 unless asked."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible")
-    if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
-        return torch.device("cpu"), args.amp or "off"
-    device = torch.device("cuda", torch.cuda.current_device())  # start_processes picked this rank's GPU
-    check_gpu(device, args.amp)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return device, args.amp or ("bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16")
-
-
-def check_gpu(device, amp):
-    """One sentence, before the first kernel fails, for a GPU the installed PyTorch has no kernels for
-    (a P100 in current builds) or a precision the GPU lacks (bf16 on a T4)."""
-    name, (major, minor) = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
-    arches = torch.cuda.get_arch_list()  # e.g. sm_75 ... sm_120: the GPU generations this build was compiled for
-    if arches and not gpu_has_kernels((major, minor), arches):
-        raise ConfigError(f"this PyTorch {torch.__version__} has no kernels for the {name} (compute capability "
-                          f"{major}.{minor}; it was built for {', '.join(arches)}): use a GPU it was built for "
-                          f"(on Kaggle a T4 or an L4, not the P100) or --device cpu")
-    if amp == "bf16" and (major, minor) < (8, 0):
-        raise ConfigError(f"--amp bf16 needs a GPU with native bfloat16 (compute capability 8.0 or newer: A100, "
-                          f"L4, H100); the {name} ({major}.{minor}) has none: use --amp fp16, its default")
-
-
-def gpu_has_kernels(capability, arches):
-    """Whether a build compiled for `arches` (sm_XY binaries, compute_XY PTX) runs on a GPU of this
-    compute capability: an sm_XY binary runs on X.Y up to X.9, PTX is compiled for any newer GPU."""
-    for arch in arches:
-        kind, _, digits = arch.partition("_")
-        number = int("".join(c for c in digits if c.isdigit()) or 0)
-        if kind == "sm" and number // 10 == capability[0] and number % 10 <= capability[1]:
-            return True
-        if kind == "compute" and number <= 10 * capability[0] + capability[1]:
-            return True
-    return False
-
-
 def random_seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -669,10 +768,6 @@ def learning_rate(step, cfg, steps_per_epoch):
     progress = (step - cfg.warmup_steps) / max(1, phase1 - cfg.warmup_steps)
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-# -----------------------------------------------------------------------------
-# The time budget: from Python's start (STARTED), so the hand-off lands before the deadline
 
 
 # -----------------------------------------------------------------------------
@@ -764,7 +859,7 @@ def roll_back(part, state, whole=False):
     part.watch.reset()
     if whole:
         part.position = Position(**state["progress"])
-        part.best, part.history = dict(state["best"]), copy.deepcopy(state["history"])
+        part.best, part.history = dict(state["best"]), unpack(state["history"])
         if state.get("watch"):
             part.watch.load_state_dict(state["watch"])
         restore_rng_of_rank(part, state["rng"])
@@ -792,14 +887,6 @@ def initialise_from(part, saved):
                     f"step {saved.meta.get('step_in_epoch')})")
     print(f"initialised from {saved.path} at global step {step}: carried {', '.join(carried)}; "
           f"not carried: {'; '.join(lost)}")
-
-
-# -----------------------------------------------------------------------------
-# Several processes: torchrun and DistributedDataParallel
-
-
-# Decisions that end a loop or start a collective (stop, evaluate, save) are agreed by all ranks
-# with one small all-reduce, so no rank waits in a collective for one that went elsewhere.
 
 
 if __name__ == "__main__":

@@ -60,6 +60,19 @@ class EpochSampler:
         picks = rng.permutation(count) if self.lengths is not None and self.shuffle else range(count)
         return Batches(order, self.batch_size, picks)
 
+    def largest(self, batches):
+        """The micro-batch of `batches` (an epoch's) that pads to the most: samples x its longest, by
+        `lengths`; without lengths every micro-batch is as large as the first."""
+        if self.lengths is None:
+            return batches[0]
+        lengths = self.lengths[batches.order]  # in the epoch's order
+        lengths = np.concatenate([lengths, np.zeros(-len(lengths) % self.batch_size, dtype=lengths.dtype)])
+        rows = lengths.reshape(-1, self.batch_size)  # (batches, batch_size), the last padded with 0
+        counts = np.minimum(self.batch_size, len(batches.order) - np.arange(len(rows)) * self.batch_size)
+        padded = rows.max(axis=1) * counts
+        picks = np.asarray(batches.picks)
+        return batches[int(np.argmax(padded[picks]))]
+
     def __len__(self):
         """Micro-batches per epoch, of all ranks together (the same every epoch)."""
         full, rest = divmod(self.num_samples, self.batch_size)

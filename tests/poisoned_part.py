@@ -1,10 +1,14 @@
 """train_part.py with poisoned optimizer steps, for tests that need real processes (torchrun):
 BATON_POISON="5:nan" makes the loss of global step 5 NaN on every rank, "5:nan@1" only on rank 1,
 as a corrupt batch dealt to one rank would (see test_divergence.py's `poison` for the in-process
-version). Not a test module: pytest collects only test_*.py."""
+version). BATON_OOM_ROWS=2 makes every forward of more than 2 samples raise torch.OutOfMemoryError,
+as a GPU too small for the micro-batch would ("none": nothing fits); BATON_FAIL_AT=5 raises RuntimeError in the forward
+of global step 5. Not a test module: pytest collects only test_*.py."""
 
 import os
 import sys
+
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_part  # noqa: E402
@@ -34,6 +38,45 @@ class Poisoned:
         return getattr(self.module, name)
 
 
+class TooSmallMemory:
+    """The training module on a machine where only `rows` samples fit at a time."""
+
+    def __init__(self, module, rows):
+        self.module, self.rows = module, rows
+
+    def __call__(self, **inputs):
+        rows = next(v.shape[0] for v in inputs.values() if hasattr(v, "shape"))
+        if rows <= self.rows:
+            return self.module(**inputs)
+        self.module(**inputs)  # as a real one, the failed attempt has drawn its dropout before it fails
+        raise torch.OutOfMemoryError(f"poisoned: {rows} samples do not fit, {self.rows or 0} do")
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+
+def install_faults(oom_rows, fail_at):
+    real = train_part.wrap_for_training
+
+    def wrapped(model, cfg, ranks, device):
+        module = real(model, cfg, ranks, device)
+        return TooSmallMemory(module, oom_rows) if oom_rows is not None else module
+    train_part.wrap_for_training = wrapped
+    if fail_at:
+        step = train_part.train_step
+
+        def failing(part, window, lr):
+            if part.position.global_step + 1 == fail_at:
+                model = part.train_model
+
+                def broken(**inputs):
+                    model(**inputs)  # the step's forward runs (and draws its dropout) before it fails
+                    raise RuntimeError(f"poisoned: step {fail_at} fails")
+                part.train_model = broken
+            return step(part, window, lr)
+        train_part.train_step = failing
+
+
 def install(steps):
     real = train_part.train_step
 
@@ -50,6 +93,8 @@ def install(steps):
 
 if __name__ == "__main__":
     install(poisoned_steps())
+    rows = os.environ.get("BATON_OOM_ROWS")
+    install_faults(None if rows is None else 0 if rows == "none" else int(rows), int(os.environ.get("BATON_FAIL_AT", "0")))
     code = train_part.main()
     # As train_part.py ends: the baton is on disk, and Python's teardown of torch under torchrun can
     # abort ("terminate called without an active exception", seen once in a full CI run).

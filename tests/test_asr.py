@@ -18,6 +18,7 @@ import train_part
 from training import asr
 from training.config import apply_settings
 from conftest import assert_same_tensors
+from training.record import unpack
 
 TINY = ["--set", "batch_size=4", "--set", "grad_accum=2", "--set", "eval_every_steps=3", "--set", "warmup_steps=2",
         "--set", "log_every_steps=1", "--set", "save_every_steps=0", "--set", "mask_time_prob=0.3",
@@ -57,8 +58,8 @@ def test_interrupted_run_is_bit_identical(tmp_path, clips):
     a = ckpt.load(tmp_path / "a" / "checkpoint_part1.safetensors")
     b = ckpt.load(tmp_path / "b" / "checkpoint_part2.safetensors")
     assert_same_tensors(a, b)
-    assert a.state["history"]["train_loss"] == b.state["history"]["train_loss"]
-    assert a.state["history"]["cer"] == b.state["history"]["cer"]
+    assert unpack(a.state["history"])["train_loss"] == unpack(b.state["history"])["train_loss"]
+    assert unpack(a.state["history"])["cer"] == unpack(b.state["history"])["cer"]
 
 
 def test_submission_has_every_clip_post_processed_and_export_opens(tmp_path, clips):

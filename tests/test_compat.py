@@ -22,6 +22,7 @@ import torch
 import ckpt
 import train_part
 from conftest import assert_same_tensors
+from training.record import unpack
 
 ATOL = RTOL = 1e-5  # float rounding across kernel sets; see the docstring
 
@@ -66,14 +67,14 @@ def assert_same_state(a, b):
     # event lists: a newer version adds keys, it never changes the ones an old file has.
     added = {k: v for k, v in a.state.items() if k not in b.state}
     assert set(added) <= {"good", "watch"}
-    history_added = {k: v for k, v in a.state["history"].items() if k not in b.state["history"]}
+    history_added = {k: v for k, v in unpack(a.state["history"]).items() if k not in unpack(b.state["history"])}
     assert all(v == [] for v in history_added.values()), history_added
     a_state = {k: v for k, v in a.state.items() if k in b.state}
-    a_state["history"] = {k: v for k, v in a.state["history"].items() if k in b.state["history"]}
+    a_state["history"] = {k: v for k, v in unpack(a.state["history"]).items() if k in unpack(b.state["history"])}
     # Each part's entry now also notes where it ended and its step rate (training/record.py close_part).
     rates = ("end_step", "seconds", "steps_per_hour", "steps_per_second")
-    a_state["history"]["parts"] = [{k: v for k, v in p.items() if k not in rates} for p in a.state["history"]["parts"]]
-    assert all(k in a.state["history"]["parts"][-1] for k in rates)
+    a_state["history"]["parts"] = [{k: v for k, v in p.items() if k not in rates} for p in unpack(a.state["history"])["parts"]]
+    assert all(k in unpack(a.state["history"])["parts"][-1] for k in rates)
     # How AdamW runs (fused, foreach) is each run's own choice, not part of what it learned.
     b_state = {**b.state, "optimizer": without_flags(b.state["optimizer"])}
     a_state["optimizer"] = without_flags(a_state["optimizer"])
@@ -114,4 +115,4 @@ def test_an_old_baton_resumes_the_same_run(tmp_path, corpus, task):
     assert_same_state(once, expected)  # made on another machine: up to float rounding
     twice = resume(tmp_path / "twice", steps - 2, steps)  # on this one: bit for bit
     assert_same_tensors(once, twice, sections=("model", "optimizer", "scaler", "rng"))
-    assert once.state["history"]["train_loss"] == twice.state["history"]["train_loss"]
+    assert unpack(once.state["history"])["train_loss"] == unpack(twice.state["history"])["train_loss"]

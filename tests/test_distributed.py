@@ -14,6 +14,7 @@ import ckpt
 from conftest import assert_same_tensors, tiny_lm_args
 from test_asr import TINY as ASR_TINY
 from test_asr import clips  # noqa: F401  (a fixture)
+from training.record import unpack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1,680 bytes -> 23 micro-batches of 4 -> 11 per rank with 2 ranks -> 6 steps per epoch (grad_accum 2)
@@ -48,7 +49,7 @@ def test_two_processes_write_one_checkpoint_per_save_point(tmp_path, corpus):
     assert saved.meta["world_size"] == 2 and saved.meta["global_step"] == 8
     assert len(saved.state["rng"]) == 2  # every rank's RNG, and the ranks draw differently
     assert not torch.equal(saved.state["rng"][0]["torch"], saved.state["rng"][1]["torch"])
-    assert saved.state["history"]["val_loss"][3] is not None  # evaluated at step 4, over both ranks' shares
+    assert unpack(saved.state["history"])["val_loss"][3] is not None  # evaluated at step 4, over both ranks' shares
 
 
 def test_resume_with_two_processes_is_bit_identical(tmp_path, corpus):
@@ -58,8 +59,8 @@ def test_resume_with_two_processes_is_bit_identical(tmp_path, corpus):
     a = ckpt.load(tmp_path / "straight" / "checkpoint_part1.safetensors")
     b = ckpt.load(tmp_path / "legs" / "checkpoint_part2.safetensors")
     assert_same_tensors(a, b)
-    ha = {k: v for k, v in a.state["history"].items() if k != "parts"}
-    hb = {k: v for k, v in b.state["history"].items() if k != "parts"}
+    ha = {k: v for k, v in unpack(a.state["history"]).items() if k != "parts"}
+    hb = {k: v for k, v in unpack(b.state["history"]).items() if k != "parts"}
     assert ha == hb
 
 
@@ -76,9 +77,9 @@ ATOL = 1e-5
 
 def assert_same_run(a, b):
     assert a.state["progress"] == b.state["progress"]
-    assert a.state["history"]["steps"] == b.state["history"]["steps"]
-    assert a.state["history"]["learning_rate"] == b.state["history"]["learning_rate"]  # exactly: the same plan
-    for x, y in zip(a.state["history"]["train_loss"], b.state["history"]["train_loss"]):
+    assert unpack(a.state["history"])["steps"] == unpack(b.state["history"])["steps"]
+    assert unpack(a.state["history"])["learning_rate"] == unpack(b.state["history"])["learning_rate"]  # exactly: the same plan
+    for x, y in zip(unpack(a.state["history"])["train_loss"], unpack(b.state["history"])["train_loss"]):
         assert x == pytest.approx(y, rel=ATOL)
     for name, tensor in a.state["model"].items():
         torch.testing.assert_close(b.state["model"][name], tensor, rtol=ATOL, atol=ATOL, msg=name)
@@ -160,7 +161,7 @@ def test_a_divergence_on_one_rank_is_recovered_by_both_alike(tmp_path, corpus):
     env = {**os.environ, "BATON_INPUT_ROOTS": "", "OMP_NUM_THREADS": "1", "BATON_POISON": "5:nan@1"}
     finish(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     saved = ckpt.load(out / "checkpoint_part1.safetensors")
-    events = saved.state["history"]["recoveries"]
+    events = unpack(saved.state["history"])["recoveries"]
     assert [(e["step"], e["back_to"], e["skipped_steps"]) for e in events] == [(5, 3, [4, 5])]
     assert saved.meta["global_step"] == 9 and saved.meta["world_size"] == 2
     for name in os.listdir(out):

@@ -26,6 +26,7 @@ from test_asr import TINY as ASR_TINY
 from test_asr import clips  # noqa: F401  (a fixture)
 from test_reg import BOTH, TINY as REG_TINY
 from test_reg import small_table  # noqa: F401  (a fixture)
+from training.record import unpack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,7 +143,7 @@ def test_a_recovery_resumes_bit_exactly(tmp_path, poison, corpus, stops):
     for part, stop in enumerate(list(stops) + [70], start=1):
         assert run("lm", tmp_path / "parts", corpus, "--max-steps", str(stop), *settings, part=part) == 0
     a, b = final(tmp_path / "straight", 1), final(tmp_path / "parts", len(stops) + 1)
-    events = a.state["history"]["recoveries"]
+    events = unpack(a.state["history"])["recoveries"]
     assert [(e["step"], e["back_to"]) for e in events] == [(16, 10), (60, 50)] and "spike" in events[1]["seen"]
     assert_same_training(a, b)
     assert_every_file_finite(tmp_path / "parts")
@@ -167,7 +168,7 @@ def assert_same_training(a, b):
     def same_run(history):  # which part a recovery happened in is the one thing allowed to differ
         events = [{k: v for k, v in e.items() if k != "part"} for e in history["recoveries"]]
         return {**{k: v for k, v in history.items() if k != "parts"}, "recoveries": events}
-    assert same_run(a.state["history"]) == same_run(b.state["history"])  # losses, LRs, recoveries
+    assert same_run(unpack(a.state["history"])) == same_run(unpack(b.state["history"]))  # losses, LRs, recoveries
 
 
 def test_fp16_overflow_is_counted_and_a_collapsed_scale_is_recovered(tmp_path, poison, corpus, capsys):

@@ -13,7 +13,7 @@ import ckpt
 import train_part
 from conftest import tiny_lm_args
 from model.regression import Regressor, RegressorConfig
-from training import TASKS
+from training import TASKS, devices
 from training.config import ConfigError
 from training.distributed import start_processes
 
@@ -117,10 +117,10 @@ def test_a_gpu_that_cannot_run_the_part_is_one_sentence(tmp_path, corpus, monkey
 
 def test_which_gpus_a_build_runs_on():
     arches = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
-    works = {cap: train_part.gpu_has_kernels(cap, arches) for cap in [(6, 0), (7, 0), (7, 5), (8, 0), (8, 9), (9, 0), (12, 0)]}
+    works = {cap: devices.gpu_has_kernels(cap, arches) for cap in [(6, 0), (7, 0), (7, 5), (8, 0), (8, 9), (9, 0), (12, 0)]}
     assert works == {(6, 0): False, (7, 0): False, (7, 5): True, (8, 0): True, (8, 9): True, (9, 0): True, (12, 0): True}
-    assert train_part.gpu_has_kernels((8, 9), ["sm_80", "compute_80"]) and train_part.gpu_has_kernels((9, 0), ["compute_80"])
-    assert not train_part.gpu_has_kernels((7, 5), ["sm_80", "compute_80"])
+    assert devices.gpu_has_kernels((8, 9), ["sm_80", "compute_80"]) and devices.gpu_has_kernels((9, 0), ["compute_80"])
+    assert not devices.gpu_has_kernels((7, 5), ["sm_80", "compute_80"])
 
 
 @pytest.mark.parametrize("gpus, said", [

@@ -1,5 +1,6 @@
 """What serves the training stage (train_part.py): the tasks, the run's settings, finding the
-checkpoint to continue from, the time budget, divergence, the run's record and several processes.
+checkpoint to continue from, the time budget, divergence, the run's record, running out of memory,
+the device and several processes.
 
 The task interface. Each task module (lm.py, asr.py, reg.py) has a config dataclass extending
 config.py's TrainConfig, a task object (`LMTask`, `ASRTask`, `RegTask`) and `build(cfg, device,
@@ -17,7 +18,8 @@ on the data is kept for later parts. A task object offers train_part.py the same
 The order to read it in: train_part.py first (the stage, top to bottom), then a task (lm.py is the
 simplest) with the data modules it uses, then config.py, discovery.py (which checkpoint a part
 continues from), budget.py (when a part must stop), divergence.py (what counts as diverging),
-record.py (metrics.json and the plots) and distributed.py (torchrun's ranks and the collectives).
+record.py (metrics.json and the plots), memory.py (a micro-batch that runs out of memory, trained in
+pieces), devices.py (the device and precision) and distributed.py (torchrun's ranks and the collectives).
 """
 
 import typing

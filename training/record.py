@@ -1,23 +1,58 @@
-"""The run's record: metrics.json and the two plots, rewritten at every save.
+"""The run's record: what was measured at each logged step, kept bounded, stored in every checkpoint,
+and written out as metrics.json and two plots at every save.
 
 The record is the seeds' training_metrics.json shape: parallel lists (`steps`, `epochs`,
 `learning_rate`, `train_loss`, `val_loss`, and each task's metrics), None where a value was not
-measured, plus three lists of events: `parts` (where each part started), `recoveries` (each
-divergence and what was done about it, see divergence.py) and `nonfinite` (a value that came out
-NaN or infinite: it is stored as None, and this says which, where). The record travels inside the
+measured, plus four lists of events: `parts` (where each part started), `recoveries` (each
+divergence and what was done about it, see divergence.py), `nonfinite` (a value that came out
+NaN or infinite: it is stored as None, and this says which, where) and `splits` (a micro-batch that
+ran out of memory and from which step it is trained in how many pieces, see memory.py). The record travels inside the
 checkpoint, so the whole run's curve survives every session.
+
+A bounded record. A run logs a row every `log_every_steps` for as long as it trains: 400,000 rows
+at 4M steps, which made every save ~5 s slower and, near 16M steps, a checkpoint header larger than
+the 100 MB safetensors accepts. So `record()` thins the record when it passes MAX_ROWS rows: the
+newest FULL_ROWS rows are never touched (divergence.py reads the last losses from the end, and must
+see what it saw before), and the older rows that fall in one bucket of `width` global steps become
+one row, `width` the smallest power of two that leaves at most OLD_ROWS of them (its training loss
+is the mean over the steps it covers, its evaluation the bucket's last). Thinning is a pure
+function of the rows, so a resumed run and an uninterrupted one keep identical records; it runs
+about once per FULL_ROWS new rows, each time over at most MAX_ROWS, so it costs O(1) per row
+amortised. One width over the whole older part keeps the curve's resolution the same from step 0
+up to the newest rows (merging pairs of rows over and over would squeeze the oldest steps into a
+few rows), and a bucket of width 2w is two buckets of width w, so rows merged once merge again
+cleanly. `nonfinite` keeps its newest NONFINITE_KEEP entries, and its first entry then counts the
+ones dropped.
+
+In a checkpoint the record is `pack(history)`: each series as tensors in the payload (its measured
+values as int64, float64 or bool, and which rows were measured), the events as JSON in the header,
+so the header stays a few kilobytes however long the run. `unpack` gives back exactly the lists,
+and also reads the plain lists that older checkpoints hold.
 
 metrics.json is strict JSON at all times (no bare NaN, which strict readers such as
 `JSON.parse` or jq reject).
 """
 
+import copy
 import json
 import math
 import os
 
+import torch
+
 import ckpt
 
-EVENTS = ("parts", "recoveries", "nonfinite")  # lists of dicts; every other key is a series
+EVENTS = ("parts", "recoveries", "nonfinite", "splits")  # lists of dicts; every other key is a series
+MAX_ROWS = 20_000        # a longer record is thinned: under 2 MB of metrics.json, 0.3 s of plotting
+FULL_ROWS = MAX_ROWS // 4  # the newest rows, never thinned: what divergence.py reads, and the recent curve
+OLD_ROWS = MAX_ROWS // 2   # at most this many rows hold everything older after a thinning
+NONFINITE_KEEP = 100     # newest non-finite notes kept; a run can add one at every log
+# How the rows of one bucket become one row: the training loss is the mean since the last log, so
+# their mean weighted by the steps each covers; fp16's skipped steps are counts, so they add up.
+# Every other series keeps its last measured value (the step, epoch and learning rate of the last
+# row; the last evaluation of the bucket).
+MEAN_OVER_STEPS, SUMMED = ("train_loss",), ("skipped_steps",)
+PACKED = "columns/1"     # marks a record as pack() stores it; older checkpoints hold plain lists
 
 
 def new_history():
@@ -27,14 +62,16 @@ def new_history():
 
 def record(history, **row):
     """Add one row to the parallel lists of `history` (the values of a step share a row); a new
-    metric gets None for earlier rows. A non-finite value is stored as None, noted in `nonfinite`."""
+    metric gets None for earlier rows. A non-finite value is stored as None, noted in `nonfinite`.
+    Past MAX_ROWS rows the older ones are thinned (the module's docstring says how)."""
     for key, value in row.items():
         if isinstance(value, float) and not math.isfinite(value):
-            history.setdefault("nonfinite", []).append({"step": row["steps"], "key": key, "value": repr(value)})
+            note_nonfinite(history, row["steps"], key, value)
             row[key] = None
     n = len(history["steps"])
     for key in row:
-        history.setdefault(key, [None] * n)
+        if key not in history:  # not setdefault: its [None] * n would be built at every row
+            history[key] = [None] * n
     if n and history["steps"][-1] == row["steps"]:
         for key, value in row.items():
             if value is not None:
@@ -43,6 +80,23 @@ def record(history, **row):
     for key, values in history.items():
         if key not in EVENTS:
             values.append(row.get(key))
+    if n + 1 > MAX_ROWS:
+        thin(history)
+
+
+def note_nonfinite(history, step, key, value):
+    """Note a non-finite value in `nonfinite`, keeping the newest NONFINITE_KEEP notes; once some are
+    dropped, the first entry says how many and the step of the newest dropped one."""
+    notes = history.setdefault("nonfinite", [])
+    notes.append({"step": step, "key": key, "value": repr(value)})
+    counted = bool(notes) and "dropped" in notes[0]
+    if len(notes) - counted <= NONFINITE_KEEP:
+        return
+    if not counted:
+        notes.insert(0, {"dropped": 0, "last_step": None})
+    gone = notes.pop(1)
+    notes[0]["dropped"] += 1
+    notes[0]["last_step"] = gone["step"]
 
 
 def recent(history, key, count):
@@ -56,6 +110,152 @@ def recent(history, key, count):
             found.append(value)
     return found[::-1]
 
+
+# -----------------------------------------------------------------------------
+# Thinning: a bounded record
+
+def thin(history):
+    """Merge, in place, the rows older than the newest FULL_ROWS that share a bucket of global steps,
+    leaving at most OLD_ROWS of them; a row alone in its bucket is kept as it is."""
+    steps = history["steps"]
+    losses = history.get("train_loss") or [None] * len(steps)
+    cut = len(steps) - FULL_ROWS
+    # The older part ends on a row with a training loss (rows after it wait for the next thinning),
+    # so that every merged row ends on one: then the steps its loss covers are read from the rows.
+    cut = next((i + 1 for i in range(cut - 1, max(cut - FULL_ROWS, 0) - 1, -1) if losses[i] is not None), cut)
+    if cut < 2:
+        return
+    groups = buckets(steps, losses, cut)
+    # Rows merged by an earlier thinning at this width are alone in their buckets: start at the first
+    # bucket of several rows, so that a thinning costs the rows that aged since, not the whole record.
+    first = next((i for i, (a, b) in enumerate(groups) if b - a > 1), len(groups))
+    start, groups = groups[first][0] if groups[first:] else cut, groups[first:]
+    weights = loss_weights(steps, losses, start, cut)
+    for key, values in history.items():
+        if key in EVENTS:
+            continue
+        merge = mean_over_steps if key in MEAN_OVER_STEPS else summed if key in SUMMED else last_measured
+        # slice assignment: the lists stay the same objects, only their older part is replaced
+        values[start:cut] = [values[a] if b - a == 1 else merge(values[a:b], weights[a - start:b - start])
+                             for a, b in groups]
+
+
+def buckets(steps, losses, cut):
+    """Index ranges [a, b) of the rows before `cut` that go into one bucket of `width` steps: rows
+    whose step s gives the same (s - 1) // width (a loss logged at step s covers the steps up to s, so
+    a bucket ends on a multiple of the width); a row without a training loss (an evaluation between
+    two logs) goes with the next row that has one. `width` is the smallest power of two that leaves
+    at most OLD_ROWS buckets."""
+    keys, after = [0] * cut, None
+    for i in range(cut - 1, -1, -1):
+        if losses[i] is not None:
+            after = steps[i]
+        keys[i] = steps[i] if after is None else after
+    width = 1
+    while (keys[-1] - 1) // width - (keys[0] - 1) // width >= OLD_ROWS:
+        width *= 2
+    while True:
+        ids = [(key - 1) // width for key in keys]
+        starts = [0] + [i for i in range(1, cut) if ids[i] != ids[i - 1]]
+        if len(starts) <= OLD_ROWS:
+            return list(zip(starts, starts[1:] + [cut]))
+        width *= 2  # steps that go back (a run's never do) would split buckets: wider ones still end it
+
+
+def loss_weights(steps, losses, start, cut):
+    """The steps that each measured training loss of rows start..cut-1 covers: since the previous
+    measured one (0 for a row without one)."""
+    before = next((steps[i] for i in range(start - 1, -1, -1) if losses[i] is not None), 0)
+    weights = []
+    for step, loss in zip(steps[start:cut], losses[start:cut]):
+        weights.append(0 if loss is None else max(step - before, 1))
+        if loss is not None:
+            before = step
+    return weights
+
+
+def mean_over_steps(values, weights):
+    measured = [(v, w) for v, w in zip(values, weights) if v is not None]
+    if len(measured) <= 1:  # one value stays bit for bit what it was (v * w / w may round)
+        return measured[0][0] if measured else None
+    return sum(v * w for v, w in measured) / sum(w for _, w in measured)
+
+
+def summed(values, weights):
+    measured = [v for v in values if v is not None]
+    return sum(measured) if measured else None
+
+
+def last_measured(values, weights):
+    return next((v for v in reversed(values) if v is not None), None)
+
+
+# -----------------------------------------------------------------------------
+# In a checkpoint: the series as tensors, the events as JSON
+
+def pack(history):
+    """The record as a checkpoint stores it (`unpack` reverses it exactly): each series as
+    `{"values": its measured values, "measured": which rows have one}` (no "measured" when all do),
+    ints as int64, floats as float64 and bools as bool tensors; a series that would not come back
+    exactly from one of those (mixed kinds, a NaN, an int beyond int64) stays a list, in `lists`.
+    Nothing the record holds is shared with the result."""
+    series, lists = {}, {}
+    for key, values in history.items():
+        if key not in EVENTS:
+            column = to_column(values)
+            if column is None:
+                lists[key] = list(values)
+            else:
+                series[key] = column
+    events = {key: copy.deepcopy(history[key]) for key in history if key in EVENTS}
+    return {"packed": PACKED, "keys": list(history), "series": series, "lists": lists, "events": events}
+
+
+def to_column(values):
+    present = [v for v in values if v is not None]
+    kinds = {type(v) for v in present}
+    if kinds == {bool}:
+        dtype = torch.bool
+    elif kinds == {int} and all(-2**63 <= v < 2**63 for v in present):
+        dtype = torch.int64
+    elif all(isinstance(v, float) for v in present) and all(math.isfinite(v) for v in present):
+        dtype = torch.float64  # also a series with no value yet; finite: a checkpoint holds no NaN
+    else:
+        return None
+    column = {"values": torch.tensor(present, dtype=dtype)}
+    if len(present) < len(values):
+        column["measured"] = torch.tensor([v is not None for v in values], dtype=torch.bool)
+    return column
+
+
+def unpack(stored):
+    """The record in the list form record() works with, from a checkpoint's `history`: what pack()
+    made, or the plain lists of an older checkpoint (copied: the stored state stays as it was)."""
+    if stored.get("packed") != PACKED:
+        return copy.deepcopy(stored)
+    history = {}
+    for key in stored["keys"]:
+        if key in stored["series"]:
+            history[key] = from_column(key, stored["series"][key])
+        else:
+            history[key] = copy.deepcopy(stored["lists"][key] if key in stored["lists"] else stored["events"][key])
+    return history
+
+
+def from_column(key, column):
+    values = column["values"].tolist()  # int64 -> int, float64 -> float (bit for bit), bool -> bool
+    if "measured" not in column:
+        return values
+    measured = column["measured"].tolist()
+    if sum(measured) != len(values):
+        raise ckpt.CheckpointError(f"the record's series {key!r} has {len(values)} values for "
+                                   f"{sum(measured)} measured rows; the checkpoint is corrupt")
+    found = iter(values)
+    return [next(found) if m else None for m in measured]
+
+
+# -----------------------------------------------------------------------------
+# metrics.json and the plots
 
 def strict(value):
     """`value` with every non-finite float replaced by None (a last guard: record() already does it)."""
@@ -73,6 +273,13 @@ def write_metrics(out, history):
     ckpt.write_text_atomic(os.path.join(out, "metrics.json"), text)
 
 
+def thinned(history):
+    """A thinned copy of `history` (the lists copied, the events shared: thin() leaves them alone)."""
+    copied = {key: values if key in EVENTS else list(values) for key, values in history.items()}
+    thin(copied)
+    return copied
+
+
 def write_plots(out, history):
     """training_curve.png (losses over steps, the learning rate below on a log scale, parts and
     recoveries marked) and loss_by_epoch.png (mean training loss per epoch), written atomically."""
@@ -85,6 +292,8 @@ def write_plots(out, history):
             print("matplotlib is not installed: skipping training_curve.png and loss_by_epoch.png")
             write_plots.warned = True
         return
+    if len(history["steps"]) > MAX_ROWS:  # a long record of an older version, which record() has not thinned yet
+        history = thinned(history)
 
     def series(key):
         points = [(s, v) for s, v in zip(history["steps"], history.get(key, [])) if v is not None]
