@@ -180,3 +180,7 @@ def test_sigterm_during_the_manifest_check_exits_0_within_seconds_and_the_next_p
     assert code == 0 and seconds < 5, said
     assert "stopped: SIGTERM while setting up, before this part's first step" in said
     assert not [name for name in os.listdir(out) if ".tmp" in name or name.endswith((".safetensors", ".npz"))]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)  # the next session
+    assert done.returncode == 0, done.stderr
+    assert "data: train: kept" in done.stdout and "stopped: max steps 1 at global step 1" in done.stdout
+    assert (out / "manifest_cache.npz").is_file() and (out / ckpt.handoff_name(1)).is_file()
