@@ -11,7 +11,9 @@ Plain Python and NumPy, no compiled dependency; fast enough because after a litt
 most frames are nearly all blank, so few labels pass `prune` per frame.
 """
 
+import bisect
 import collections
+import heapq
 import math
 
 import numpy as np
@@ -51,6 +53,28 @@ class NgramLM:
                 return penalty + self.logprob.get(("<unk>",), -10.0)
             penalty += self.backoff.get(context, 0.0)
             context = context[1:]
+
+    # The interface the beam search scores through (KenLM's model offers the same, see KenLM below).
+    def begin(self):
+        """The state before the first word: the context <s>."""
+        return ("<s>",)
+
+    def score(self, state, word):
+        """(log10 P(word | state), the state after it)."""
+        return self.log10_prob(state, word), (state + (word,))[-(self.order - 1):] if self.order > 1 else ()
+
+    def end_score(self, state):
+        return self.log10_prob(state, "</s>")
+
+    def has_word(self, word):
+        return (word,) in self.logprob
+
+    def has_prefix(self, prefix):
+        """Whether some word of the model starts with `prefix` (a binary search of its sorted words)."""
+        if not hasattr(self, "_sorted_words"):
+            self._sorted_words = sorted(w for (w, *rest) in self.logprob if not rest)
+        i = bisect.bisect_left(self._sorted_words, prefix)
+        return i < len(self._sorted_words) and self._sorted_words[i].startswith(prefix)
 
     def log10_sentence(self, words):
         """log10 P(<s> words </s>)."""
@@ -137,69 +161,104 @@ class NgramLM:
         return cls(order, logprob, backoff)
 
 
-def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_bonus=1.0, prune=-10.0):
+def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_bonus=1.0, prune=-5.0,
+                       beam_prune=-10.0, unk_offset=-10.0):
     """The best transcript of one clip: `log_probs` (T, V) are the frames' log-softmax outputs.
 
-    Each prefix keeps two probabilities: of the alignments so far that end in a blank, and of those
-    that end in its last label. The split decides what the next frame means: the same label again
-    after a blank is a new letter ("a - a" is "aa"), without one it is the same letter held longer.
-    Several prefixes can become one (appending "a" to "ca" and holding "a" of "ca" both stay "ca");
-    their probabilities add: that merge is what makes it better than greedy. With `lm`, a word gets
-    `lm_weight` x ln P(word | previous words) + `word_bonus` when a space ends it (the bonus keeps
-    the LM's fondness for few words from deleting them), and the last word and </s> at the end.
+    A beam is a prefix of the transcript: its completed words (`text`), the word being spelt
+    (`word`) and its last label. It keeps two probabilities: of the alignments so far that end in a
+    blank, and of those that end in its last label. The split decides what the next frame means: the
+    same label again after a blank is a new letter ("a - a" is "aa"), without one it is the same
+    letter held longer. Alignments that spell the same prefix merge (their probabilities add): that
+    is what makes it better than greedy.
+
+    With `lm`, a completed word gets `lm_weight` x ln P(word | the words before) + `word_bonus` (the
+    bonus keeps the LM's fondness for few words from deleting them), and `unk_offset` more if the LM
+    does not know it; a word being spelt that no word of the LM starts with gets `unk_offset` at
+    once, so a misspelling leaves the beam before its space instead of crowding out the right
+    spelling; at the end the last word and </s> are scored.
+
+    Pruning, as pyctcdecode does: a frame's labels below `prune` (ln) are not tried (its likeliest
+    always is), and a prefix more than -`beam_prune` below the best one is dropped. The LM's state
+    and score of each `text` are computed once and shared by every prefix that extends it.
     """
-    blank = vocab.pad_id
-    space = vocab.token_to_id["|"]
-    skip = vocab.special_ids - {blank}  # <unk>, <s>, </s>: never part of a transcript
-    beams = {(): (0.0, NEG_INF)}  # prefix (label ids) -> (ln p ending in blank, ln p ending in a label)
-    lm_score = {(): 0.0}          # prefix -> its words' LM score so far (a function of the prefix)
+    blank, space = vocab.pad_id, vocab.token_to_id["|"]
+    usable = np.ones(log_probs.shape[-1], dtype=bool)
+    usable[list(vocab.special_ids)] = False  # blank, <unk>, <s>, </s>: never part of a transcript
+    chars = [vocab.id_to_token[i] for i in range(len(vocab.id_to_token))]
+    beams = {("", "", -1): (0.0, NEG_INF)}  # (text, word, last label) -> (ln p ending in blank, in a label)
+    lm_text = {"": (0.0, lm.begin())} if lm is not None else None  # text -> (LM score, LM state)
+    partial = {"": 0.0}  # word being spelt -> its penalty (0, or unk_offset when no LM word starts so)
 
-    def words_of(prefix):
-        return "".join(vocab.id_to_token[i] for i in prefix).split("|")
+    def text_score(text, word):
+        """The LM's score of `text` followed by `word` as a completed word (cached by the new text)."""
+        new_text = f"{text} {word}" if text else word
+        if new_text not in lm_text:
+            score, state = lm_text[text]
+            log10, next_state = lm.score(state, word)
+            score += lm_weight * LN10 * log10 + word_bonus + (0.0 if lm.has_word(word) else unk_offset)
+            lm_text[new_text] = (score, next_state)
+        return new_text
 
-    def extend_score(prefix, label):
-        new = prefix + (label,)
-        if new not in lm_score:
-            score = lm_score[prefix]
-            # where the LM enters: a space completes a word, scored against the words before it
-            if lm is not None and label == space and prefix and prefix[-1] != space:
-                words = [w for w in words_of(prefix) if w]
-                score += lm_weight * LN10 * lm.log10_prob(["<s>"] + words[:-1], words[-1]) + word_bonus
-            lm_score[new] = score
-        return lm_score[new]
+    def word_penalty(word):
+        if word not in partial:
+            partial[word] = 0.0 if lm.has_prefix(word) else unk_offset
+        return partial[word]
 
     for frame in np.asarray(log_probs, dtype=np.float64):
-        candidates = [c for c in np.flatnonzero(frame > prune).tolist() if c != blank and c not in skip]
-        # the prefixes after this frame; one reached by several alignments merges here: logadd
-        following = collections.defaultdict(lambda: [NEG_INF, NEG_INF])
-        for prefix, (p_blank, p_label) in beams.items():
+        tried = (frame >= prune) & usable
+        tried[int(np.argmax(np.where(usable, frame, NEG_INF)))] = True
+        candidates, lp = np.flatnonzero(tried).tolist(), frame.tolist()
+        p_blank_frame = lp[blank]
+        following = {}  # the prefixes after this frame; one reached by several alignments merges: logadd
+        for (text, word, last), (p_blank, p_label) in beams.items():
             p_total = logadd(p_blank, p_label)
-            stay = following[prefix]
-            stay[0] = logadd(stay[0], p_total + frame[blank])            # a blank: the prefix stays
-            if prefix:
-                stay[1] = logadd(stay[1], p_label + frame[prefix[-1]])   # its last label held longer
+            key = (text, word, last)
+            stay = following.get(key)
+            held = p_label + lp[last] if last >= 0 else NEG_INF  # its last label held longer
+            if stay is None:
+                following[key] = [p_total + p_blank_frame, held]
+            else:
+                stay[0], stay[1] = logadd(stay[0], p_total + p_blank_frame), logadd(stay[1], held)
             for label in candidates:
-                if label == space and (not prefix or prefix[-1] == space):
-                    continue  # no leading or doubled word boundary
-                new = prefix + (label,)
-                extend_score(prefix, label)
-                # the same label again is a new letter only after a blank
-                came = p_blank if prefix and label == prefix[-1] else p_total
-                following[new][1] = logadd(following[new][1], came + frame[label])
-        # keep the `beam` best by acoustic probability plus LM score
-        ranked = sorted(following.items(), key=lambda kv: logadd(*kv[1]) + lm_score[kv[0]], reverse=True)
-        beams = {prefix: tuple(p) for prefix, p in ranked[:beam]}
+                if label == space:
+                    if not word:
+                        continue  # no leading or doubled word boundary
+                    new = (text_score(text, word) if lm is not None else (f"{text} {word}" if text else word), "", label)
+                    came = p_total
+                else:
+                    new = (text, word + chars[label], label)
+                    came = p_blank if label == last else p_total  # the same label again: a new letter only after a blank
+                p = came + lp[label]
+                there = following.get(new)
+                if there is None:
+                    following[new] = [NEG_INF, p]
+                else:
+                    there[1] = logadd(there[1], p)
+        beams = best_prefixes(following, beam, beam_prune, (lambda t, w: lm_text[t][0] + word_penalty(w))
+                              if lm is not None else None)
 
-    def final(prefix):  # the last word and the end of the sentence
-        score = logadd(*beams[prefix]) + lm_score[prefix]
-        if lm is not None:
-            words = [w for w in words_of(prefix) if w]
-            if words and prefix[-1] != space:
-                score += lm_weight * LN10 * lm.log10_prob(["<s>"] + words[:-1], words[-1]) + word_bonus
-            score += lm_weight * LN10 * lm.log10_prob(["<s>"] + words, "</s>")
-        return score
-    best = max(beams, key=final)
-    return " ".join(w for w in words_of(best) if w)
+    def final(key):  # the last word and the end of the sentence
+        text, word, _ = key
+        score = logadd(*beams[key])
+        if lm is None:
+            return score
+        if word:
+            text = text_score(text, word)
+        return score + lm_text[text][0] + lm_weight * LN10 * lm.end_score(lm_text[text][1])
+    text, word, _ = max(beams, key=final)
+    return f"{text} {word}".strip()
+
+
+def best_prefixes(following, beam, beam_prune, lm_score):
+    """The `beam` likeliest prefixes (acoustic + LM), none more than -beam_prune below the best."""
+    scored = [(logadd(b, l) + (lm_score(key[0], key[1]) if lm_score else 0.0), key, (b, l))
+              for key, (b, l) in following.items()]
+    best = max(s for s, _, _ in scored)
+    kept = [item for item in scored if item[0] >= best + beam_prune]
+    if len(kept) > beam:
+        kept = heapq.nlargest(beam, kept, key=lambda item: item[0])
+    return {key: p for _, key, p in kept}
 
 
 def read_lm(path, sentences_of):

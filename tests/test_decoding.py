@@ -9,6 +9,7 @@ import pytest
 from data import transcripts
 from model import decoding
 
+NEG = -math.inf
 VOCAB = transcripts.CharVocab({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "a": 5, "c": 6, "o": 7, "t": 8})
 
 
@@ -89,3 +90,60 @@ def test_a_built_model_is_a_distribution_in_every_context_and_survives_arpa(tmp_
     for sentence in (["the", "cat", "sat"], ["a", "cat", "ran"], ["zebra"]):
         assert again.log10_sentence(sentence) == pytest.approx(lm.log10_sentence(sentence), abs=1e-5)
     assert lm.log10_sentence(["the", "cat", "sat"]) > lm.log10_sentence(["sat", "cat", "the"])
+
+
+def test_a_word_no_lm_word_starts_like_leaves_the_beam_before_its_space():
+    # "co" sounds likelier than "ca" (0.55 against 0.45) but the LM knows only "cat". With one beam,
+    # "co" wins frame 2 and "cat" is lost for good, unless a spelling that no LM word starts with is
+    # penalised at once (unk_offset): ln 0.55 - 10 < ln 0.45, so "ca" stays.
+    lm = decoding.NgramLM.build([["cat"]] * 5, order=2)
+    assert lm.has_prefix("ca") and not lm.has_prefix("co") and lm.has_word("cat") and not lm.has_word("cot")
+    assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=1, lm=lm, lm_weight=0.0, word_bonus=0.0) == "cat"
+    assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=1, lm=lm, lm_weight=0.0, word_bonus=0.0,
+                                       unk_offset=0.0) == "cot"
+
+
+def test_prefixes_far_below_the_best_are_pruned_and_the_likeliest_label_is_always_tried():
+    following = {("", "a", 5): [math.log(0.5), NEG], ("", "c", 6): [NEG, -5.0], ("", "t", 8): [-12.0, NEG]}
+    kept = decoding.best_prefixes(following, beam=8, beam_prune=-10.0, lm_score=None)
+    assert set(kept) == {("", "a", 5), ("", "c", 6)}  # -12 is more than 10 below ln 0.5
+    assert set(decoding.best_prefixes(following, beam=1, beam_prune=-10.0, lm_score=None)) == {("", "a", 5)}
+    # No label clears prune=+1 (a log probability is at most 0), but each frame's likeliest is tried.
+    assert decoding.prefix_beam_search(frames({"c": 0.9}, {"a": 0.9}, {"t": 0.9}), VOCAB, beam=4, prune=1.0) == "cat"
+
+
+END_ARPA = """\\data\\
+ngram 1=5
+ngram 2=4
+
+\\1-grams:
+-99\t<s>\t0
+-1.0\t</s>
+-1.0\tcat\t0
+-1.0\tcot\t0
+-2.0\t<unk>
+
+\\2-grams:
+-0.5\t<s> cat
+-0.5\t<s> cot
+-0.3\tcat </s>
+-5.0\tcot </s>
+
+\\end\\
+"""
+
+
+def test_the_end_of_the_sentence_is_scored(tmp_path):
+    # Both words are as likely after <s>; "cot" sounds likelier (ln 0.55 - ln 0.45 = 0.2) but ends a
+    # sentence with log10 P(</s> | cot) = -5 against -0.3 for "cat": 4.7 x ln 10 = 10.8 in its disfavour.
+    path = tmp_path / "end.arpa"
+    path.write_text(END_ARPA)
+    lm = decoding.NgramLM.read_arpa(str(path))
+    assert math.isclose(lm.end_score(lm.score(lm.begin(), "cot")[1]), -5.0)
+    assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=8, lm=lm, lm_weight=1.0, word_bonus=0.0) == "cat"
+
+    class NoEnd(decoding.NgramLM):
+        def end_score(self, state):
+            return 0.0
+    blind = NoEnd(lm.order, lm.logprob, lm.backoff)
+    assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=8, lm=blind, lm_weight=1.0, word_bonus=0.0) == "cot"
