@@ -113,7 +113,7 @@ def infer_asr(args, device):
         raise InferError(audio.no_usable_clip(args.data or manifest.EMBEDDED_TEST, clips, "test",
                                               every_path=[u.path for u in utterances]))
     print(f"clips: {clips.report}", file=sys.stderr)
-    lm = decoding.read_lm(args.lm, transcripts.sentences_of) if args.lm else None
+    lm = read_lm(args)
     if lm is not None and not args.beam:
         raise InferError("--lm needs a beam search: add --beam N (e.g. 32)")
     by_length = sorted(range(len(clips)), key=lambda i: clips.lengths[i])  # similar lengths pad less
@@ -149,6 +149,21 @@ def infer_asr(args, device):
         hyps = [transcripts.normalize_text(predicted.get(u.id, "")) for u in references]
         print(f"on {len(refs)} labelled clips: WER {transcripts.wer(refs, hyps):.3f}, CER {transcripts.cer(refs, hyps):.3f}",
               file=sys.stderr)
+
+
+def read_lm(args):
+    """The --lm model, or None; the LM weight and word bonus default to a language_model folder's
+    alpha and beta, else 0.5 and 1.0."""
+    lm = None
+    if args.lm:
+        try:
+            lm = decoding.read_lm(args.lm, transcripts.sentences_of)
+        except (OSError, ValueError) as e:
+            raise InferError(f"--lm {args.lm}: {e}") from None
+    attrs = getattr(lm, "attrs", {})
+    args.lm_weight = args.lm_weight if args.lm_weight is not None else attrs.get("alpha", 0.5)
+    args.word_bonus = args.word_bonus if args.word_bonus is not None else attrs.get("beta", 1.0)
+    return lm
 
 
 def infer_reg(args, device):
@@ -193,7 +208,8 @@ def infer_reg(args, device):
 
 def export(args, device):
     """Write the checkpoint's model as a Hugging Face folder: config.json and model.safetensors, and
-    for asr the vocabulary, feature extractor and tokenizer that `transformers.pipeline` needs; for lm
+    for asr the vocabulary, feature extractor and tokenizer that `transformers.pipeline` needs (and
+    with --lm its language_model/ folder, alpha and beta the --lm-weight and --word-bonus); for lm
     with GPT-2's BPE, the tokenizer files AutoTokenizer reads."""
     if args.task == "reg":
         raise InferError("a reg model has no Hugging Face counterpart to export; its checkpoint is the model "
@@ -202,6 +218,10 @@ def export(args, device):
     if args.task == "asr":
         model.save_pretrained(args.export, vocab=meta["task_meta"]["vocab"])
         audio.write_hf_processor(args.export, layer_norm_features=model.config.feat_extract_norm == "layer")
+        lm = read_lm(args)
+        if lm is not None:  # Wav2Vec2ProcessorWithLM (with pyctcdecode and kenlm installed) decodes with it
+            folder = decoding.write_lm_folder(args.export, lm, args.lm_weight, args.word_bonus)
+            print(f"language model: {folder} (alpha {args.lm_weight:g}, beta {args.word_bonus:g})", file=sys.stderr)
     else:
         model.save_pretrained(args.export)
     tokenizer = meta["task_meta"].get("tokenizer") or {}
@@ -228,10 +248,13 @@ def parse_args(argv):
                    help="skip the Bengali post-processing (NFC, spaces, closing danda)")
     g.add_argument("--beam", type=int, default=0, help="CTC prefix beam search of this width; 0 = greedy")
     g.add_argument("--lm", default=None, metavar="PATH",
-                   help="word n-gram LM for the beam: an ARPA file, or a text file / CSV (sentence column) to "
-                        "build a 3-gram from (model/decoding.py)")
-    g.add_argument("--lm-weight", type=float, default=0.5, help="weight of the LM's log probability")
-    g.add_argument("--word-bonus", type=float, default=1.0, help="added per word, against the LM's short bias")
+                   help="word n-gram LM for the beam: an ARPA or KenLM binary file (kenlm when installed), a "
+                        "Hugging Face language_model folder, or a text file / CSV (sentence column) to build a "
+                        "3-gram from (model/decoding.py); with --export it is written beside the model")
+    g.add_argument("--lm-weight", type=float, default=None,
+                   help="weight of the LM's log probability (default: a language_model folder's alpha, else 0.5)")
+    g.add_argument("--word-bonus", type=float, default=None,
+                   help="added per word, against the LM's short bias (default: the folder's beta, else 1.0)")
     g = p.add_argument_group("lm")
     g.add_argument("--prompt", default="", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=300)

@@ -14,7 +14,10 @@ most frames are nearly all blank, so few labels pass `prune` per frame.
 import bisect
 import collections
 import heapq
+import json
 import math
+import os
+import shutil
 
 import numpy as np
 
@@ -261,13 +264,139 @@ def best_prefixes(following, beam, beam_prune, lm_score):
     return {key: p for _, key, p in kept}
 
 
+class KenLM:
+    """A KenLM model, ARPA or KenLM's binary (`build_binary`'s output: mapped from disk, a 22 GB
+    5-gram loads in seconds), through the `kenlm` library, with NgramLM's scoring interface.
+    `unigrams` (its words) let the beam search score a word being spelt; without them every
+    spelling passes until its space."""
+
+    def __init__(self, path, unigrams=None):
+        import kenlm
+        self.kenlm, self.model, self.path = kenlm, kenlm.Model(path), path
+        self.order = self.model.order
+        self._sorted_words = sorted(unigrams) if unigrams else None
+
+    def begin(self):
+        state = self.kenlm.State()
+        self.model.BeginSentenceWrite(state)
+        return state
+
+    def score(self, state, word):
+        after = self.kenlm.State()
+        return self.model.BaseScore(state, word, after), after
+
+    def end_score(self, state):
+        return self.model.BaseScore(state, "</s>", self.kenlm.State())
+
+    def has_word(self, word):
+        return word in self.model
+
+    def has_prefix(self, prefix):
+        if self._sorted_words is None:
+            return True
+        i = bisect.bisect_left(self._sorted_words, prefix)
+        return i < len(self._sorted_words) and self._sorted_words[i].startswith(prefix)
+
+
+KENLM_MAGIC = b"mmap lm "  # how a KenLM binary file begins
+NOT_WORDS = {"<s>", "</s>", "<unk>"}
+
+
+def arpa_unigrams(path):
+    """The words of an ARPA file's 1-grams section, reading no further (it comes first)."""
+    words, inside = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line == "\\1-grams:":
+                inside = True
+            elif inside and line.startswith("\\"):
+                break
+            elif inside and line:
+                word = line.split()[1]
+                if word not in NOT_WORDS:
+                    words.append(word)
+    return words
+
+
+def lm_folder(path):
+    """A Hugging Face `language_model/` folder (as Wav2Vec2ProcessorWithLM and pyctcdecode keep it:
+    attrs.json, unigrams.txt and the KenLM file), given itself or the model folder holding it; or None."""
+    for folder in (os.path.join(path, "language_model"), path):
+        if os.path.isfile(os.path.join(folder, "attrs.json")):
+            return folder
+    return None
+
+
 def read_lm(path, sentences_of):
-    """An ARPA file, or a 3-gram built from a text file (one sentence a line) or a CSV's `sentence`
-    column; `sentences_of(path)` gives the normalised sentences of a non-ARPA file."""
-    if path.endswith(".arpa"):
-        return NgramLM.read_arpa(path)
-    sentences = [s.split() for s in sentences_of(path) if s.strip()]
-    lm = NgramLM.build(sentences)
-    print(f"language model: a {lm.order}-gram built from {len(sentences)} sentences "
-          f"({len([k for k in lm.logprob if len(k) == 1])} words) of {path}")
+    """The word LM that `--lm` names: an ARPA file (through kenlm when it is installed), a KenLM
+    binary (kenlm needed), a Hugging Face language_model/ folder (its alpha and beta come along as
+    `lm.attrs`), or a text file / CSV `sentence` column to build a 3-gram from; `sentences_of(path)`
+    gives the normalised sentences of such a file."""
+    folder = lm_folder(path) if os.path.isdir(path) else None
+    if os.path.isdir(path) and folder is None:
+        raise ValueError(f"{path} is a folder without attrs.json: not a Hugging Face language_model folder")
+    attrs, unigrams = {}, None
+    if folder is not None:
+        with open(os.path.join(folder, "attrs.json"), encoding="utf-8") as f:
+            attrs = json.load(f)
+        if os.path.isfile(os.path.join(folder, "unigrams.txt")):
+            with open(os.path.join(folder, "unigrams.txt"), encoding="utf-8") as f:
+                unigrams = [line.strip() for line in f if line.strip()]
+        files = sorted(n for n in os.listdir(folder) if n not in ("attrs.json", "unigrams.txt") and not n.startswith("."))
+        if not files:
+            raise ValueError(f"{folder} holds no language model file beside attrs.json")
+        path = os.path.join(folder, files[0])
+    with open(path, "rb") as f:
+        binary = f.read(len(KENLM_MAGIC)) == KENLM_MAGIC
+    try:
+        import kenlm  # noqa: F401
+    except ImportError:
+        kenlm = None
+    if binary and kenlm is None:
+        raise ValueError(f"{path} is a KenLM binary file, which only the kenlm library reads: pip install kenlm "
+                         f"(or give the ARPA file it was built from)")
+    if binary or (kenlm is not None and path.endswith(".arpa")):
+        lm = KenLM(path, unigrams or (arpa_unigrams(path) if not binary else None))
+    elif path.endswith(".arpa"):
+        lm = NgramLM.read_arpa(path)
+    else:
+        sentences = [s.split() for s in sentences_of(path) if s.strip()]
+        lm = NgramLM.build(sentences)
+        print(f"language model: a {lm.order}-gram built from {len(sentences)} sentences "
+              f"({len([k for k in lm.logprob if len(k) == 1])} words) of {path}")
+    lm.attrs, lm.path = attrs, path
     return lm
+
+
+def write_lm_folder(folder, lm, alpha, beta, unk_offset=-10.0):
+    """A Hugging Face `language_model/` folder in `folder`: attrs.json (alpha, beta as pyctcdecode
+    names the LM weight and word bonus), unigrams.txt, and the LM file (copied as it is, or the
+    built n-gram written as ARPA), so that transformers' Wav2Vec2ProcessorWithLM decodes with it."""
+    target = os.path.join(folder, "language_model")
+    os.makedirs(target, exist_ok=True)
+    with open(os.path.join(target, "attrs.json"), "w", encoding="utf-8") as f:
+        json.dump({"alpha": alpha, "beta": beta, "unk_score_offset": unk_offset, "score_boundary": True}, f)
+    if isinstance(lm, NgramLM):
+        words = sorted(w for (w, *rest) in lm.logprob if not rest and w not in NOT_WORDS)
+        source = getattr(lm, "path", "")
+        if source.endswith(".arpa"):
+            link_or_copy(source, os.path.join(target, os.path.basename(source)))
+        else:
+            lm.write_arpa(os.path.join(target, "lm.arpa"))
+    else:
+        words = lm._sorted_words or []
+        link_or_copy(lm.path, os.path.join(target, os.path.basename(lm.path)))
+    with open(os.path.join(target, "unigrams.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(w + "\n" for w in words))
+    return target
+
+
+def link_or_copy(source, destination):
+    """A GB-sized LM file linked where the filesystem allows (no second copy on disk), else copied."""
+    if os.path.exists(destination):
+        os.remove(destination)
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem, or a read-only input (Kaggle's /kaggle/input)
+        shutil.copyfile(source, destination)

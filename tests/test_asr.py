@@ -130,6 +130,17 @@ def test_beam_search_with_a_language_model_built_from_the_transcripts(tmp_path, 
     assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--lm", str(clips / "train.csv")]) == 2
     assert "--lm needs a beam search" in capsys.readouterr().err
 
+    # --export with --lm writes the Hugging Face language_model/ folder beside the model; --lm of that
+    # folder decodes as the LM it came from, its alpha and beta the weights given at export.
+    hf = tmp_path / "hf"
+    assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--export", str(hf),
+                       "--lm", str(clips / "train.csv"), "--lm-weight", "0.5", "--word-bonus", "1"]) == 0
+    assert sorted(os.listdir(hf / "language_model")) == ["attrs.json", "lm.arpa", "unigrams.txt"]
+    again = tmp_path / "again.csv"
+    assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--out", str(again), "--beam", "4",
+                       "--lm", str(hf)]) == 0
+    assert again.read_text(encoding="utf-8") == sub.read_text(encoding="utf-8")
+
 
 def test_bad_rows_are_reported_and_training_goes_on(tmp_path, clips, capsys):
     data = tmp_path / "data"

@@ -147,3 +147,49 @@ def test_the_end_of_the_sentence_is_scored(tmp_path):
             return 0.0
     blind = NoEnd(lm.order, lm.logprob, lm.backoff)
     assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=8, lm=blind, lm_weight=1.0, word_bonus=0.0) == "cot"
+
+
+def test_a_language_model_folder_round_trip(tmp_path):
+    lm = decoding.NgramLM.build([["cat", "sat"], ["cot"], ["cat"]], order=2)
+    folder = decoding.write_lm_folder(str(tmp_path), lm, alpha=0.7, beta=2.5)
+    assert (tmp_path / "language_model" / "unigrams.txt").read_text().split() == ["cat", "cot", "sat"]
+    for given in (tmp_path, folder):  # the model folder holding language_model/, or the folder itself
+        again = decoding.read_lm(str(given), sentences_of=None)
+        assert again.attrs == {"alpha": 0.7, "beta": 2.5, "unk_score_offset": -10.0, "score_boundary": True}
+        for words in (["cat", "sat"], ["cot", "sat"], ["cat"], ["dog", "cat"]):
+            assert math.isclose(sentence_log10(again, words), sentence_log10(lm, words), abs_tol=1e-4)
+
+
+def sentence_log10(lm, words):
+    """log10 P(<s> words </s>) through the interface the beam search uses (NgramLM's or KenLM's)."""
+    state, total = lm.begin(), 0.0
+    for word in words:
+        log10, state = lm.score(state, word)
+        total += log10
+    return total + lm.end_score(state)
+
+
+def test_a_kenlm_binary_needs_kenlm_and_says_so(tmp_path):
+    path = tmp_path / "5gram.bin"
+    path.write_bytes(b"mmap lm http://kheafield.com/code format version 5\0" + bytes(64))
+    try:
+        import kenlm  # noqa: F401
+        pytest.skip("kenlm is installed here: the binary would be opened by it")
+    except ImportError:
+        pass
+    with pytest.raises(ValueError, match="is a KenLM binary file, which only the kenlm library reads: pip install kenlm"):
+        decoding.read_lm(str(path), sentences_of=None)
+
+
+def test_kenlm_and_the_plain_reader_score_an_arpa_file_alike(tmp_path):
+    pytest.importorskip("kenlm")
+    path = tmp_path / "end.arpa"
+    path.write_text(END_ARPA)
+    ken, plain = decoding.read_lm(str(path), sentences_of=None), decoding.NgramLM.read_arpa(str(path))
+    assert isinstance(ken, decoding.KenLM)
+    for words in (["cat"], ["cot"], ["cat", "cot"], ["dog"]):
+        a, b = ken.begin(), plain.begin()
+        for word in words + ["</s>"]:
+            (ka, a), (pb, b) = ken.score(a, word), plain.score(b, word)
+            assert math.isclose(ka, pb, abs_tol=1e-4), (words, word)
+    assert decoding.prefix_beam_search(COT_OR_CAT, VOCAB, beam=8, lm=ken, lm_weight=1.0, word_bonus=0.0) == "cat"
