@@ -12,6 +12,7 @@ config stored in the file, so no training flags need repeating.
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -116,21 +117,17 @@ def infer_asr(args, device):
     lm = read_lm(args)
     if lm is not None and not args.beam:
         raise InferError("--lm needs a beam search: add --beam N (e.g. 32)")
-    by_length = sorted(range(len(clips)), key=lambda i: clips.lengths[i])  # similar lengths pad less
+    if args.lm_tune:
+        tune_lm(args, model, vocab, lm, meta, device)
     predicted = {}
-    with torch.no_grad():
-        for start in range(0, len(by_length), args.batch_size):
-            batch = audio.collate([clips[i] for i in by_length[start:start + args.batch_size]])
-            if not batch["ids"]:
-                continue
-            logits, frames = model(batch["input_values"].to(device), batch["attention_mask"].to(device))
-            if args.beam:
-                log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
-                texts = [decoding.prefix_beam_search(log_probs[row, :int(frames[row])], vocab, args.beam, lm,
-                                                     args.lm_weight, args.word_bonus) for row in range(len(log_probs))]
-            else:
-                texts = vocab.decode_greedy(logits, frames)
-            predicted.update(zip(batch["ids"], texts))
+    for ids, logits, frames in model_outputs(model, clips, args.batch_size, device):
+        if args.beam:
+            log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
+            texts = [decoding.prefix_beam_search(log_probs[row, :int(frames[row])], vocab, args.beam, lm,
+                                                 args.lm_weight, args.word_bonus) for row in range(len(log_probs))]
+        else:
+            texts = vocab.decode_greedy(logits, frames)
+        predicted.update(zip(ids, texts))
     missing = [u.id for u in utterances if u.id not in predicted]
     if missing:
         print(f"warning: {len(missing)} clips could not be read and get an empty sentence "
@@ -149,6 +146,50 @@ def infer_asr(args, device):
         hyps = [transcripts.normalize_text(predicted.get(u.id, "")) for u in references]
         print(f"on {len(refs)} labelled clips: WER {transcripts.wer(refs, hyps):.3f}, CER {transcripts.cer(refs, hyps):.3f}",
               file=sys.stderr)
+
+
+def model_outputs(model, clips, batch_size, device):
+    """(ids, logits (B, T, V), frames (B,)) of the clips, batched by length (similar lengths pad less)."""
+    by_length = sorted(range(len(clips)), key=lambda i: clips.lengths[i])
+    with torch.no_grad():
+        for start in range(0, len(by_length), batch_size):
+            batch = audio.collate([clips[i] for i in by_length[start:start + batch_size]])
+            if batch["ids"]:
+                logits, frames = model(batch["input_values"].to(device), batch["attention_mask"].to(device))
+                yield batch["ids"], logits, frames
+
+
+LM_TUNE_WEIGHTS, LM_TUNE_BONUSES = (0.3, 0.5, 0.8, 1.2), (0.0, 1.0, 2.0, 3.0)
+
+
+def tune_lm(args, model, vocab, lm, meta, device):
+    """--lm-tune: the LM weight and word bonus of the grid that give the lowest WER on the run's
+    validation clips (the ones training scored; one model pass, every pair decodes the same log
+    probabilities); the table is printed and the pair used from here (and stored by --export)."""
+    if lm is None or not args.beam:
+        raise InferError("--lm-tune needs --lm and --beam N")
+    if not isinstance(meta.get("config"), dict):
+        raise InferError("--lm-tune needs a Baton checkpoint, whose settings name its validation clips")
+    cfg = TASKS["asr"].config(**{k: v for k, v in meta["config"].items()
+                                 if k in {f.name for f in dataclasses.fields(TASKS["asr"].config)}})
+    clips = audio.validation_clips(cfg)
+    references, outputs = dict(zip(clips.items.column("id"), clips.items.column("sentence"))), []
+    for ids, logits, frames in model_outputs(model, clips, args.batch_size, device):
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        outputs += [(i, log_probs[row, :int(frames[row])]) for row, i in enumerate(ids)]
+    refs = [transcripts.normalize_text(references[i], vocab.keep) for i, _ in outputs]
+    scores = {}
+    for weight in LM_TUNE_WEIGHTS:
+        for bonus in LM_TUNE_BONUSES:
+            texts = [decoding.prefix_beam_search(lp, vocab, args.beam, lm, weight, bonus) for _, lp in outputs]
+            scores[weight, bonus] = transcripts.wer(refs, texts)
+    best = min(scores, key=lambda pair: (scores[pair], pair))
+    print(f"--lm-tune: WER of {len(outputs)} validation clips at beam {args.beam} (rows: LM weight, columns: "
+          f"word bonus)\n        " + "".join(f"{b:>7g}" for b in LM_TUNE_BONUSES) + "".join(
+              f"\n  {w:>5g} " + "".join(f"{scores[w, b]:7.3f}" for b in LM_TUNE_BONUSES) for w in LM_TUNE_WEIGHTS) +
+          f"\nchosen: LM weight {best[0]:g}, word bonus {best[1]:g} (WER {scores[best]:.3f})", file=sys.stderr)
+    args.lm_weight, args.word_bonus = best
+    return best, scores
 
 
 def read_lm(args):
@@ -219,6 +260,8 @@ def export(args, device):
         model.save_pretrained(args.export, vocab=meta["task_meta"]["vocab"])
         audio.write_hf_processor(args.export, layer_norm_features=model.config.feat_extract_norm == "layer")
         lm = read_lm(args)
+        if lm is not None and args.lm_tune:
+            tune_lm(args, model, transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"]), lm, meta, device)
         if lm is not None:  # Wav2Vec2ProcessorWithLM (with pyctcdecode and kenlm installed) decodes with it
             folder = decoding.write_lm_folder(args.export, lm, args.lm_weight, args.word_bonus)
             print(f"language model: {folder} (alpha {args.lm_weight:g}, beta {args.word_bonus:g})", file=sys.stderr)
@@ -253,6 +296,9 @@ def parse_args(argv):
                         "3-gram from (model/decoding.py); with --export it is written beside the model")
     g.add_argument("--lm-weight", type=float, default=None,
                    help="weight of the LM's log probability (default: a language_model folder's alpha, else 0.5)")
+    g.add_argument("--lm-tune", action="store_true",
+                   help="choose --lm-weight and --word-bonus on the run's validation clips (a 4 x 4 grid, printed); "
+                        "with --export they are stored in its language_model/attrs.json")
     g.add_argument("--word-bonus", type=float, default=None,
                    help="added per word, against the LM's short bias (default: the folder's beta, else 1.0)")
     g = p.add_argument_group("lm")

@@ -346,7 +346,7 @@ class ManifestCheck:
 def check_manifest(csv_path, cfg, vocab=None):
     """The costly path: read the whole manifest, split it, build the vocabulary unless given, check every clip."""
     manifest = read_columns(csv_path, require_text=True, split=None)
-    train_mask, val_mask = _split(manifest, csv_path, cfg)
+    train_mask, val_mask = split_masks(manifest, csv_path, cfg)
     train = manifest.subset(train_mask)
     # Normalised once, for both the vocabulary and the empty-sentence check (a vocabulary built
     # here keeps no punctuation, so both want the same text).
@@ -356,10 +356,7 @@ def check_manifest(csv_path, cfg, vocab=None):
     clips = AudioDataset(train, vocab, max_seconds=cfg.max_seconds, cache=small, header_limit=HEADER_LIMIT, texts=texts)
     if len(clips) == 0:  # before the sampler, which cannot serve nothing; the partly bad are dropped and counted
         raise DataError(no_usable_clip(csv_path, clips, every_path=manifest.paths()))
-    # A fixed, evenly spread validation subset.
-    val_rows = np.flatnonzero(val_mask)
-    chosen = np.zeros(len(manifest), dtype=bool)
-    chosen[val_rows[::max(1, len(val_rows) // cfg.eval_max_clips)][:cfg.eval_max_clips]] = True
+    chosen = validation_subset(val_mask, cfg.eval_max_clips)
     kept = clips.items
     fingerprint = xxhash.xxh3_64("\n".join(f"{i}\t{s}" for i, s in zip(kept.column("id"), kept.column("sentence")))
                                  .encode()).hexdigest()
@@ -367,7 +364,7 @@ def check_manifest(csv_path, cfg, vocab=None):
                          manifest.subset(chosen).packed(), fingerprint, clips._audio)
 
 
-def _split(manifest, csv_path, cfg):
+def split_masks(manifest, csv_path, cfg):
     """(training mask, validation mask): the manifest's split column, else a hash of each id."""
     splits = manifest.column("split")
     if any(splits):
@@ -386,6 +383,22 @@ def _split(manifest, csv_path, cfg):
         raise DataError(f"{cfg.data or 'the embedded sample'} gives {int(train_mask.sum())} training and "
                         f"{int(val_mask.sum())} validation clips; both are needed: {how}")
     return train_mask, val_mask
+
+
+def validation_subset(val_mask, count):
+    """The fixed, evenly spread subset of at most `count` validation rows that evaluation scores."""
+    val_rows = np.flatnonzero(val_mask)
+    chosen = np.zeros(len(val_mask), dtype=bool)
+    chosen[val_rows[::max(1, len(val_rows) // count)][:count]] = True
+    return chosen
+
+
+def validation_clips(cfg):
+    """The clips a run with settings `cfg` evaluates on (infer.py --lm-tune tunes on them)."""
+    csv_path = training_csv(cfg.data)
+    manifest = read_columns(csv_path, require_text=True, split=None)
+    chosen = validation_subset(split_masks(manifest, csv_path, cfg)[1], cfg.eval_max_clips)
+    return AudioDataset(manifest.subset(chosen))
 
 
 def training_csv(path):

@@ -14,6 +14,7 @@ import torch
 import ckpt
 from data import audio, manifest, transcripts
 import infer
+from model import decoding
 import train_part
 from training import asr
 from training.config import apply_settings
@@ -140,6 +141,35 @@ def test_beam_search_with_a_language_model_built_from_the_transcripts(tmp_path, 
     assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--out", str(again), "--beam", "4",
                        "--lm", str(hf)]) == 0
     assert again.read_text(encoding="utf-8") == sub.read_text(encoding="utf-8")
+
+
+def test_lm_tune_picks_the_pair_of_its_grid_with_the_lowest_validation_wer(tmp_path, clips, capsys, monkeypatch):
+    assert train(tmp_path / "run", clips, "--max-steps", "1") == 0
+    # A decoder that gets the validation clips right at one pair only (the untrained model's own
+    # output would tie every pair): the grid search must find that pair, and --export keep it.
+    real = decoding.prefix_beam_search
+    truth = {}
+
+    def right_at(log_probs, vocab, beam, lm, weight, bonus):
+        key = (log_probs.shape[0], float(log_probs.sum()))
+        return truth.get(key, "") if (weight, bonus) == (0.8, 2.0) else real(log_probs, vocab, beam, lm, weight, bonus)
+    monkeypatch.setattr(decoding, "prefix_beam_search", right_at)
+    model, meta = infer.load_model(str(tmp_path / "run"), "asr", torch.device("cpu"))
+    vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"])
+    cfg = asr.ASRConfig(**{k: v for k, v in meta["config"].items() if k in asr.ASRConfig.__dataclass_fields__})
+    val = audio.validation_clips(cfg)
+    for ids, logits, frames in infer.model_outputs(model, val, 32, torch.device("cpu")):
+        for row, i in enumerate(ids):
+            lp = torch.log_softmax(logits.float(), dim=-1)[row, :int(frames[row])]
+            sentence = dict(zip(val.items.column("id"), val.items.column("sentence")))[i]
+            truth[lp.shape[0], float(lp.sum())] = transcripts.normalize_text(sentence, vocab.keep)
+    hf = tmp_path / "hf"
+    assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--export", str(hf), "--beam", "4",
+                       "--lm", str(clips / "train.csv"), "--lm-tune"]) == 0
+    err = capsys.readouterr().err
+    assert "chosen: LM weight 0.8, word bonus 2 (WER 0.000)" in err
+    attrs = json.loads((hf / "language_model" / "attrs.json").read_text())
+    assert (attrs["alpha"], attrs["beta"]) == (0.8, 2.0)
 
 
 def test_bad_rows_are_reported_and_training_goes_on(tmp_path, clips, capsys):
