@@ -14,6 +14,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -120,14 +121,9 @@ def infer_asr(args, device):
     if args.lm_tune:
         tune_lm(args, model, vocab, lm, meta, device)
     predicted = {}
-    for ids, logits, frames in model_outputs(model, clips, args.batch_size, device):
-        if args.beam:
-            log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
-            texts = [decoding.prefix_beam_search(log_probs[row, :int(frames[row])], vocab, args.beam, lm,
-                                                 args.lm_weight, args.word_bonus) for row in range(len(log_probs))]
-        else:
-            texts = vocab.decode_greedy(logits, frames)
-        predicted.update(zip(ids, texts))
+    for i, log_probs in model_outputs(model, clips, args, device):  # (T, V) of each clip
+        predicted[i] = decoding.prefix_beam_search(log_probs, vocab, args.beam, lm, args.lm_weight, args.word_bonus) \
+            if args.beam else vocab.decode_ctc(log_probs.argmax(dim=-1).tolist())
     missing = [u.id for u in utterances if u.id not in predicted]
     if missing:
         print(f"warning: {len(missing)} clips could not be read and get an empty sentence "
@@ -148,15 +144,42 @@ def infer_asr(args, device):
               file=sys.stderr)
 
 
-def model_outputs(model, clips, batch_size, device):
-    """(ids, logits (B, T, V), frames (B,)) of the clips, batched by length (similar lengths pad less)."""
+def model_outputs(model, clips, args, device):
+    """(id, log probabilities (T, V) on the CPU) of each clip: batched by length (similar lengths pad
+    less), and a clip longer than --chunk-seconds in overlapping windows (chunked_log_probs)."""
+    chunk = round(args.chunk_seconds * audio.SAMPLE_RATE) if args.chunk_seconds else math.inf
     by_length = sorted(range(len(clips)), key=lambda i: clips.lengths[i])
     with torch.no_grad():
-        for start in range(0, len(by_length), batch_size):
-            batch = audio.collate([clips[i] for i in by_length[start:start + batch_size]])
+        for start in range(0, len(by_length), args.batch_size):
+            items = [clips[i] for i in by_length[start:start + args.batch_size]]
+            for item in items:
+                if item["bad"] is None and len(item["audio"]) > chunk:  # (S,) samples
+                    yield item["id"], chunked_log_probs(model, item["audio"], args, device)
+            batch = audio.collate([item for item in items if item["bad"] is not None or len(item["audio"]) <= chunk])
             if batch["ids"]:
                 logits, frames = model(batch["input_values"].to(device), batch["attention_mask"].to(device))
-                yield batch["ids"], logits, frames
+                log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
+                yield from ((i, log_probs[row, :int(frames[row])]) for row, i in enumerate(batch["ids"]))
+
+
+def chunked_log_probs(model, samples, args, device):
+    """(T, V) log probabilities of a long clip from windows of --chunk-seconds that overlap by
+    --stride-seconds on each side, as the Hugging Face pipeline does for CTC: each window's frames in
+    its overlaps are dropped (they lack context on one side), except at the clip's two ends, so that
+    the kept frames tile the clip. Memory is that of one window, whatever the clip's length."""
+    hop = math.prod(model.config.conv_stride)  # samples per output frame (320: 20 ms)
+    chunk = max(hop, round(args.chunk_seconds * audio.SAMPLE_RATE / hop) * hop)
+    stride = min(round(args.stride_seconds * audio.SAMPLE_RATE / hop) * hop, (chunk // 2 // hop - 1) * hop)
+    pieces, start = [], 0
+    while True:
+        window = samples[start:start + chunk][None].to(device)  # (1, S)
+        logits, frames = model(window, torch.ones_like(window, dtype=torch.bool))
+        log_probs = torch.log_softmax(logits[0, :int(frames[0])].float(), dim=-1).cpu()  # (T_window, V)
+        last = start + chunk >= len(samples)
+        pieces.append(log_probs[(stride // hop if start else 0):(None if last else (chunk - stride) // hop)])
+        if last:
+            return torch.cat(pieces)
+        start += chunk - 2 * stride
 
 
 LM_TUNE_WEIGHTS, LM_TUNE_BONUSES = (0.3, 0.5, 0.8, 1.2), (0.0, 1.0, 2.0, 3.0)
@@ -173,10 +196,8 @@ def tune_lm(args, model, vocab, lm, meta, device):
     cfg = TASKS["asr"].config(**{k: v for k, v in meta["config"].items()
                                  if k in {f.name for f in dataclasses.fields(TASKS["asr"].config)}})
     clips = audio.validation_clips(cfg)
-    references, outputs = dict(zip(clips.items.column("id"), clips.items.column("sentence"))), []
-    for ids, logits, frames in model_outputs(model, clips, args.batch_size, device):
-        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        outputs += [(i, log_probs[row, :int(frames[row])]) for row, i in enumerate(ids)]
+    references = dict(zip(clips.items.column("id"), clips.items.column("sentence")))
+    outputs = list(model_outputs(model, clips, args, device))
     refs = [transcripts.normalize_text(references[i], vocab.keep) for i, _ in outputs]
     scores = {}
     for weight in LM_TUNE_WEIGHTS:
@@ -296,6 +317,10 @@ def parse_args(argv):
                         "3-gram from (model/decoding.py); with --export it is written beside the model")
     g.add_argument("--lm-weight", type=float, default=None,
                    help="weight of the LM's log probability (default: a language_model folder's alpha, else 0.5)")
+    g.add_argument("--chunk-seconds", type=float, default=30.0,
+                   help="a longer clip goes through the model in windows of this length (0 = always whole)")
+    g.add_argument("--stride-seconds", type=float, default=5.0,
+                   help="the windows' overlap on each side, dropped from each window's output")
     g.add_argument("--lm-tune", action="store_true",
                    help="choose --lm-weight and --word-bonus on the run's validation clips (a 4 x 4 grid, printed); "
                         "with --export they are stored in its language_model/attrs.json")

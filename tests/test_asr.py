@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+import types
 import unicodedata
 
 import pytest
@@ -158,11 +159,10 @@ def test_lm_tune_picks_the_pair_of_its_grid_with_the_lowest_validation_wer(tmp_p
     vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"])
     cfg = asr.ASRConfig(**{k: v for k, v in meta["config"].items() if k in asr.ASRConfig.__dataclass_fields__})
     val = audio.validation_clips(cfg)
-    for ids, logits, frames in infer.model_outputs(model, val, 32, torch.device("cpu")):
-        for row, i in enumerate(ids):
-            lp = torch.log_softmax(logits.float(), dim=-1)[row, :int(frames[row])]
-            sentence = dict(zip(val.items.column("id"), val.items.column("sentence")))[i]
-            truth[lp.shape[0], float(lp.sum())] = transcripts.normalize_text(sentence, vocab.keep)
+    sentences = dict(zip(val.items.column("id"), val.items.column("sentence")))
+    settings = types.SimpleNamespace(batch_size=32, chunk_seconds=30.0, stride_seconds=5.0)
+    for i, lp in infer.model_outputs(model, val, settings, torch.device("cpu")):
+        truth[lp.shape[0], float(lp.sum())] = transcripts.normalize_text(sentences[i], vocab.keep)
     hf = tmp_path / "hf"
     assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--export", str(hf), "--beam", "4",
                        "--lm", str(clips / "train.csv"), "--lm-tune"]) == 0
@@ -170,6 +170,32 @@ def test_lm_tune_picks_the_pair_of_its_grid_with_the_lowest_validation_wer(tmp_p
     assert "chosen: LM weight 0.8, word bonus 2 (WER 0.000)" in err
     attrs = json.loads((hf / "language_model" / "attrs.json").read_text())
     assert (attrs["alpha"], attrs["beta"]) == (0.8, 2.0)
+
+
+class FrameLocal(torch.nn.Module):
+    """A stand-in CTC model whose frame t sees only its own 320 samples: chunked and whole clips must
+    then give the same log probabilities, frame for frame, if the windows tile the clip exactly."""
+
+    def __init__(self, vocab_size=9):
+        super().__init__()
+        self.config = types.SimpleNamespace(conv_stride=(5, 64))
+        self.weight = torch.nn.Parameter(torch.randn(320, vocab_size, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, input_values, attention_mask):
+        frames = attention_mask.sum(dim=1) // 320  # (B,)
+        windows = input_values[:, :input_values.shape[1] // 320 * 320].reshape(len(input_values), -1, 320)
+        return windows @ self.weight, frames  # (B, T, V), (B,)
+
+
+def test_a_clip_longer_than_a_chunk_gives_the_frames_of_the_whole_clip():
+    samples = torch.randn(16000 * 11 + 4321, generator=torch.Generator().manual_seed(1))  # 11.27 s
+    model = FrameLocal()
+    whole = torch.log_softmax(model(samples[None], torch.ones(1, len(samples), dtype=torch.bool))[0][0], dim=-1)
+    for chunk, stride in ((4.0, 1.0), (3.0, 0.5), (2.0, 0.9), (20.0, 5.0)):
+        settings = types.SimpleNamespace(chunk_seconds=chunk, stride_seconds=stride)
+        chunked = infer.chunked_log_probs(model, samples, settings, torch.device("cpu"))
+        assert chunked.shape == whole.shape
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-4)  # the same frames, float rounding apart
 
 
 def test_bad_rows_are_reported_and_training_goes_on(tmp_path, clips, capsys):
