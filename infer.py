@@ -107,6 +107,7 @@ def infer_asr(args, device):
     """Every clip of a folder or CSV -> submission.csv (id,sentence), one row per clip in input order."""
     model, meta = load_model(args.ckpt, "asr", device)
     vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"])
+    use_training_normalizer(meta)
     utterances = manifest.read_manifest(args.data or manifest.EMBEDDED_TEST, require_text=False)
     if not utterances:
         raise InferError(f"no audio clips found in {args.data}")
@@ -142,6 +143,15 @@ def infer_asr(args, device):
         hyps = [transcripts.normalize_text(predicted.get(u.id, "")) for u in references]
         print(f"on {len(refs)} labelled clips: WER {transcripts.wer(refs, hyps):.3f}, CER {transcripts.cer(refs, hyps):.3f}",
               file=sys.stderr)
+
+
+def use_training_normalizer(meta):
+    """Normalise references and submissions as the model's training targets were (data/transcripts.py)."""
+    name = (meta.get("config") or {}).get("normalizer", "nfc")  # older files, and exported folders: NFC
+    if name == "bnunicodenormalizer" and not transcripts.bnunicodenormalizer_installed():
+        raise InferError("this model's transcripts were normalised with bnunicodenormalizer, which is not installed: "
+                         "pip install bnunicodenormalizer")
+    transcripts.use_normalizer(name)
 
 
 def model_outputs(model, clips, args, device):
@@ -191,6 +201,7 @@ def tune_lm(args, model, vocab, lm, meta, device):
     probabilities); the table is printed and the pair used from here (and stored by --export)."""
     if lm is None or not args.beam:
         raise InferError("--lm-tune needs --lm and --beam N")
+    use_training_normalizer(meta)
     if not isinstance(meta.get("config"), dict):
         raise InferError("--lm-tune needs a Baton checkpoint, whose settings name its validation clips")
     cfg = TASKS["asr"].config(**{k: v for k, v in meta["config"].items()

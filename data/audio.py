@@ -446,7 +446,8 @@ def _cache_key(csv_path, cfg):
             digest.update(block)
     return {"format": CACHE_FORMAT, "manifest": f"{os.path.getsize(csv_path)} bytes, xxh3 {digest.hexdigest()}",
             "max_seconds": cfg.max_seconds, "val_fraction": cfg.val_fraction, "eval_max_clips": cfg.eval_max_clips,
-            "header_limit": HEADER_LIMIT, "in_memory_clips": IN_MEMORY_CLIPS}
+            "header_limit": HEADER_LIMIT, "in_memory_clips": IN_MEMORY_CLIPS,
+            "normalizer": getattr(cfg, "normalizer", "nfc")}
 
 
 def _usable_cache(path, key, vocab, folder):

@@ -29,7 +29,48 @@ def normalize_text(text, keep=None):
     table = _TABLES.get(keep)
     if table is None:
         table = _TABLES[keep] = _Translation(keep)
-    return " ".join(unicodedata.normalize("NFC", text).translate(table).split())
+    words = unicodedata.normalize("NFC", text).translate(table).split()
+    if NORMALIZER["words"] is not None:
+        words = [w for w in map(NORMALIZER["words"], words) if w]
+    return " ".join(words)
+
+
+# Which normaliser normalize_text applies after NFC: "nfc" (nothing more), or "bnunicodenormalizer",
+# the library Bengali.AI Speech's annotations and its teams' submissions went through (it mends
+# badly composed words: doubled vowel signs or hasanta, a vowel sign before its consonant, ZWJ/ZWNJ).
+# Set once per process by `use_normalizer` (the asr task from its config, infer from the checkpoint's),
+# so that training targets, validation references and submissions agree.
+NORMALIZERS = ("nfc", "bnunicodenormalizer")
+NORMALIZER = {"name": "nfc", "words": None}
+
+
+def bnunicodenormalizer_installed():
+    try:
+        import bnunicodenormalizer  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def use_normalizer(name):
+    """Make normalize_text apply `name` (one of NORMALIZERS); bnunicodenormalizer must be installed."""
+    if name not in NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)} (got {name!r})")
+    mend = None
+    if name == "bnunicodenormalizer":
+        from bnunicodenormalizer import Normalizer
+        library, cache = Normalizer(), {}
+
+        def mend(word):
+            """The library's spelling of a word (it works word by word, ~50 us each: cached). A
+            Bengali word it rejects (a lone vowel sign) is dropped; words in other scripts, which it
+            also rejects, are kept as they are."""
+            if word not in cache:
+                normalized = library(word)["normalized"]
+                cache[word] = normalized if normalized is not None else \
+                    ("" if any("\u0980" <= c <= "\u09ff" for c in word) else word)
+            return cache[word]
+    NORMALIZER.update(name=name, words=mend)
 
 
 class _Translation(dict):
@@ -164,8 +205,12 @@ def sentences_of(path):
 
 
 def postprocess_bengali(text):
-    """A prediction as submission.csv wants it: NFC, single spaces, ending in a danda unless it ends in ।, ? or !."""
-    text = " ".join(unicodedata.normalize("NFC", text).split())
+    """A prediction as submission.csv wants it: NFC (and the normaliser in use), single spaces, ending in
+    a danda unless it ends in ।, ? or !."""
+    words = unicodedata.normalize("NFC", text).split()
+    if NORMALIZER["words"] is not None:  # as the references were (use_normalizer)
+        words = [w for w in map(NORMALIZER["words"], words) if w]
+    text = " ".join(words)
     if text and not text.endswith(SENTENCE_END):
         text += "।"
     return text

@@ -190,24 +190,7 @@ def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_b
     usable[list(vocab.special_ids)] = False  # blank, <unk>, <s>, </s>: never part of a transcript
     chars = [vocab.id_to_token[i] for i in range(len(vocab.id_to_token))]
     beams = {("", "", -1): (0.0, NEG_INF)}  # (text, word, last label) -> (ln p ending in blank, in a label)
-    lm_text = {"": (0.0, lm.begin())} if lm is not None else None  # text -> (LM score, LM state)
-    partial = {"": 0.0}  # word being spelt -> its penalty (0, or unk_offset when no LM word starts so)
-
-    def text_score(text, word):
-        """The LM's score of `text` followed by `word` as a completed word (cached by the new text)."""
-        new_text = f"{text} {word}" if text else word
-        if new_text not in lm_text:
-            score, state = lm_text[text]
-            log10, next_state = lm.score(state, word)
-            score += lm_weight * LN10 * log10 + word_bonus + (0.0 if lm.has_word(word) else unk_offset)
-            lm_text[new_text] = (score, next_state)
-        return new_text
-
-    def word_penalty(word):
-        if word not in partial:
-            partial[word] = 0.0 if lm.has_prefix(word) else unk_offset
-        return partial[word]
-
+    scores = LMScores(lm, lm_weight, word_bonus, unk_offset) if lm is not None else None
     for frame in np.asarray(log_probs, dtype=np.float64):
         tried = (frame >= prune) & usable
         tried[int(np.argmax(np.where(usable, frame, NEG_INF)))] = True
@@ -227,7 +210,7 @@ def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_b
                 if label == space:
                     if not word:
                         continue  # no leading or doubled word boundary
-                    new = (text_score(text, word) if lm is not None else (f"{text} {word}" if text else word), "", label)
+                    new = (scores.complete(text, word) if scores else (f"{text} {word}" if text else word), "", label)
                     came = p_total
                 else:
                     new = (text, word + chars[label], label)
@@ -238,19 +221,41 @@ def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_b
                     following[new] = [NEG_INF, p]
                 else:
                     there[1] = logadd(there[1], p)
-        beams = best_prefixes(following, beam, beam_prune, (lambda t, w: lm_text[t][0] + word_penalty(w))
-                              if lm is not None else None)
-
-    def final(key):  # the last word and the end of the sentence
-        text, word, _ = key
-        score = logadd(*beams[key])
-        if lm is None:
-            return score
-        if word:
-            text = text_score(text, word)
-        return score + lm_text[text][0] + lm_weight * LN10 * lm.end_score(lm_text[text][1])
-    text, word, _ = max(beams, key=final)
+        beams = best_prefixes(following, beam, beam_prune, scores.of_prefix if scores else None)
+    # the last word and the end of the sentence
+    text, word, _ = max(beams, key=lambda key: logadd(*beams[key]) + (scores.at_end(*key[:2]) if scores else 0.0))
     return f"{text} {word}".strip()
+
+
+class LMScores:
+    """What the LM says of the beam search's prefixes, each computed once: the score and LM state of
+    every completed `text` (shared by all the prefixes that extend it), and the penalty of each word
+    being spelt (0, or unk_offset when no LM word starts like it)."""
+
+    def __init__(self, lm, weight, bonus, unk_offset):
+        self.lm, self.weight, self.bonus, self.unk_offset = lm, weight, bonus, unk_offset
+        self.texts = {"": (0.0, lm.begin())}  # text -> (LM score, LM state after it)
+        self.partial = {"": 0.0}
+
+    def complete(self, text, word):
+        """The text that `word` completes, scored: weight x ln P(word | text) + bonus (+ unk_offset)."""
+        new_text = f"{text} {word}" if text else word
+        if new_text not in self.texts:
+            score, state = self.texts[text]
+            log10, after = self.lm.score(state, word)
+            score += self.weight * LN10 * log10 + self.bonus + (0.0 if self.lm.has_word(word) else self.unk_offset)
+            self.texts[new_text] = (score, after)
+        return new_text
+
+    def of_prefix(self, text, word):
+        if word not in self.partial:
+            self.partial[word] = 0.0 if self.lm.has_prefix(word) else self.unk_offset
+        return self.texts[text][0] + self.partial[word]
+
+    def at_end(self, text, word):
+        """The whole transcript's LM score: its last word completed, then </s>."""
+        score, state = self.texts[self.complete(text, word) if word else text]
+        return score + self.weight * LN10 * self.lm.end_score(state)
 
 
 def best_prefixes(following, beam, beam_prune, lm_score):

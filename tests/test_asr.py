@@ -75,7 +75,9 @@ def test_submission_has_every_clip_post_processed_and_export_opens(tmp_path, cli
     assert rows[0] == ["id", "sentence"] and [r[0] for r in rows[1:]] == expected
     for _, sentence in rows[1:]:
         assert sentence == transcripts.postprocess_bengali(sentence)
-        assert sentence == unicodedata.normalize("NFC", sentence) and "  " not in sentence
+        assert "  " not in sentence
+        if transcripts.NORMALIZER["name"] == "nfc":  # bnunicodenormalizer writes য় as one code point, NFC as two
+            assert sentence == unicodedata.normalize("NFC", sentence)
         assert sentence == "" or sentence.endswith(transcripts.SENTENCE_END)
     assert any(sentence for _, sentence in rows[1:])
 

@@ -359,3 +359,52 @@ def test_error_rates_without_jiwer_match_jiwer(monkeypatch):
     with_jiwer = (T.wer(refs, hyps), T.cer(refs, hyps))
     monkeypatch.setitem(sys.modules, "jiwer", None)  # makes `import jiwer` fail
     assert (T.wer(refs, hyps), T.cer(refs, hyps)) == with_jiwer
+
+
+@pytest.fixture
+def bengali_normalizer():
+    pytest.importorskip("bnunicodenormalizer")
+    T.use_normalizer("bnunicodenormalizer")
+    yield
+    T.use_normalizer("nfc")
+
+
+BADLY_COMPOSED = [  # (as typed, as bnunicodenormalizer spells it): NFC alone leaves each as it was typed
+    ("কিি", "কি"),                  # a vowel sign typed twice
+    ("আ\u09cd\u09cd", "আ"),         # hasanta after a vowel, twice
+    ("\u09beকা", "কা"),              # a vowel sign before any consonant
+    ("কঁা", "কাঁ"),                  # candrabindu before the vowel sign it belongs after
+    ("এ্যা", "অ্যা"),                # the ya-phala "æ" written on the wrong vowel
+    ("ক\u09cd\u200c", "ক"),         # a hasanta and a zero-width non-joiner at the end
+    ("সং\u09cd", "সং"),             # a hasanta after anusvara
+]
+
+
+def test_bnunicodenormalizer_mends_badly_composed_bengali(bengali_normalizer):
+    for typed, mended in BADLY_COMPOSED:
+        assert unicodedata.normalize("NFC", typed) != mended
+        assert T.normalize_text(typed) == mended, typed
+    assert T.normalize_text("কথা hello ১২৩ 42") == "কথা hello ১২৩ 42"  # other scripts are kept as they are
+    assert T.normalize_text("য়") == "য়"  # unlike NFC, which keeps য় as two code points
+    assert T.normalize_text("কথা \u09be বলো") == "কথা বলো"  # a lone vowel sign is no word
+    assert T.postprocess_bengali("কিি কথা") == "কি কথা।"
+    T.use_normalizer("nfc")
+    assert T.normalize_text("কিি") == unicodedata.normalize("NFC", "কিি")
+
+
+def test_the_checkpoint_records_the_normalizer_and_infer_uses_it(tmp_path, monkeypatch):
+    import infer
+    from training import asr
+    from training.config import ConfigError
+    installed = T.bnunicodenormalizer_installed()
+    assert asr.choose_normalizer(asr.ASRConfig(), None) == ("bnunicodenormalizer" if installed else "nfc")
+    older = type("Saved", (), {"meta": {"config": {"preset": "tiny"}}})()  # a file from before the setting
+    assert asr.choose_normalizer(asr.ASRConfig(normalizer="bnunicodenormalizer"), older) == "nfc"
+    monkeypatch.setattr(T, "bnunicodenormalizer_installed", lambda: False)
+    monkeypatch.setattr(asr, "bnunicodenormalizer_installed", lambda: False)
+    with pytest.raises(ConfigError, match="which is not installed"):
+        asr.choose_normalizer(asr.ASRConfig(normalizer="bnunicodenormalizer"), None)
+    with pytest.raises(infer.InferError, match="which is not installed"):
+        infer.use_training_normalizer({"config": {"normalizer": "bnunicodenormalizer"}})
+    infer.use_training_normalizer({"config": {}})  # older files and exported folders: NFC
+    assert T.NORMALIZER["name"] == "nfc"

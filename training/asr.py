@@ -17,7 +17,8 @@ from tqdm import tqdm
 from data import DataError
 from data.audio import AudioDataset, collate, manifest_check, no_usable_clip, training_csv
 from data.sampler import EpochSampler
-from data.transcripts import CharVocab, error_counts, error_rate, normalize_text
+from data.transcripts import (NORMALIZERS, CharVocab, bnunicodenormalizer_installed, error_counts, error_rate,
+                              normalize_text, use_normalizer)
 import model as models
 from model.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC
 from training.config import ConfigError, TrainConfig
@@ -129,6 +130,8 @@ class ASRConfig(TrainConfig):
     eval_every_steps: int = 100
     save_every_steps: int = 200
     max_seconds: float = 15.0       # longer training clips are dropped (and counted)
+    normalizer: str = "auto"        # of transcripts after NFC: "bnunicodenormalizer" (Bengali.AI's), "nfc" (none
+                                    # more), or "auto": the first if installed; a resumed run keeps its own
     val_fraction: float = 0.1       # held out by id when the manifest has no split column
     eval_max_clips: int = 200       # validation clips per evaluation (evenly spread)
     freeze_feature_encoder: bool = False  # keep the pretrained conv stack fixed (saves memory, standard for fine-tuning)
@@ -146,11 +149,30 @@ class ASRConfig(TrainConfig):
             raise ConfigError("max_seconds and eval_max_clips must be positive, num_workers 0 or more")
 
 
+def choose_normalizer(cfg, saved):
+    """The transcripts' normaliser (data/transcripts.py): a resumed run keeps the one it trained with
+    (a file from before the setting was stored trained with NFC alone); "auto" is bnunicodenormalizer
+    where it is installed."""
+    if saved is not None and "normalizer" not in (saved.meta.get("config") or {}):
+        return "nfc"
+    name = cfg.normalizer
+    if name == "auto":
+        name = "bnunicodenormalizer" if bnunicodenormalizer_installed() else "nfc"
+    if name not in NORMALIZERS:
+        raise ConfigError(f"normalizer must be auto, {' or '.join(NORMALIZERS)} (got {name!r})")
+    if name == "bnunicodenormalizer" and not bnunicodenormalizer_installed():
+        raise ConfigError("this run's transcripts are normalised with bnunicodenormalizer, which is not installed: "
+                          "pip install bnunicodenormalizer (or --set normalizer=nfc, which changes what the model learns)")
+    return name
+
+
 def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
     """(model, task object) of the asr task; `saved` is the checkpoint a run resumes from, or None;
     `workdir` the run's folder, where the manifest check is kept for later parts (None: not kept)."""
     # On resume, the checkpoint's vocabulary, so label ids keep their meaning.
     vocab = CharVocab.from_dict(saved.meta["task_meta"]["vocab"]) if saved else None
+    cfg.normalizer = choose_normalizer(cfg, saved)  # before any transcript is read: targets and references agree
+    use_normalizer(cfg.normalizer)
     check = manifest_check(cfg, vocab, workdir, saved, rank)
     task = ASRTask(check, cfg, device, rank, world)
     print(f"data: train: {task.train.report}\n      valid: {task.val.report}\n      vocabulary: {len(task.vocab)} symbols")
