@@ -11,6 +11,7 @@ Plain Python and NumPy, no compiled dependency; fast enough because after a litt
 most frames are nearly all blank, so few labels pass `prune` per frame.
 """
 
+import array
 import bisect
 import collections
 import heapq
@@ -20,6 +21,7 @@ import os
 import shutil
 
 import numpy as np
+from tqdm import tqdm
 
 LN10 = math.log(10.0)
 NEG_INF = -math.inf
@@ -86,33 +88,6 @@ class NgramLM:
             total += self.log10_prob(history, word)
             history.append(word)
         return total
-
-    @classmethod
-    def read_arpa(cls, path):
-        """Read an ARPA file: a \\data\\ section with counts, then \\N-grams: sections of
-        "log10prob<TAB>w1 ... wN[<TAB>log10backoff]" lines, then \\end\\."""
-        logprob, backoff, order, n = {}, {}, 0, None
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("ngram ") or line == "\\data\\":
-                    continue
-                if line.startswith("\\") and line.endswith("-grams:"):
-                    n = int(line[1:line.index("-")])
-                    order = max(order, n)
-                    continue
-                if line == "\\end\\":
-                    break
-                if n is None:
-                    continue
-                fields = line.split()
-                words = tuple(fields[1:1 + n])
-                logprob[words] = float(fields[0])
-                if len(fields) > 1 + n:
-                    backoff[words] = float(fields[1 + n])
-        if not logprob:
-            raise ValueError(f"{path} holds no n-grams: not an ARPA file")
-        return cls(order, logprob, backoff)
 
     def write_arpa(self, path):
         by_order = collections.defaultdict(list)
@@ -207,10 +182,9 @@ def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_b
             else:
                 stay[0], stay[1] = logadd(stay[0], p_total + p_blank_frame), logadd(stay[1], held)
             for label in candidates:
-                if label == space:
-                    if not word:
-                        continue  # no leading or doubled word boundary
-                    new = (scores.complete(text, word) if scores else (f"{text} {word}" if text else word), "", label)
+                if label == space:  # a word boundary; one before any word, or a second one, spells nothing new
+                    new = (text, "", label) if not word else \
+                        (scores.complete(text, word) if scores else (f"{text} {word}" if text else word), "", label)
                     came = p_total
                 else:
                     new = (text, word + chars[label], label)
@@ -267,6 +241,96 @@ def best_prefixes(following, beam, beam_prune, lm_score):
     if len(kept) > beam:
         kept = heapq.nlargest(beam, kept, key=lambda item: item[0])
     return {key: p for _, key, p in kept}
+
+
+class ArpaLM:
+    """An ARPA file (what KenLM's `lmplz` writes) held in arrays, for any size without kenlm: each
+    order's n-grams as word ids (uint32, sorted, found by binary search) with float32 log10
+    probabilities and backoffs, ~4n + 8 bytes an n-gram where Python dicts of tuples took ~400 (a
+    552 MB 3-gram: see bench/asr_decoding.py's --arpa-mb). The same scoring as NgramLM."""
+
+    def __init__(self, path):
+        self.path, self.words = path, {}
+        counts, grams, n = {}, {}, None
+        size = os.path.getsize(path)
+        with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="reading the LM",
+                                         disable=size < 64 << 20, mininterval=2) as bar:
+            for number, raw in enumerate(f):
+                if number % 100_000 == 0:
+                    bar.update(f.tell() - bar.n)
+                line = raw.decode("utf-8").strip()
+                if not line or line == "\\data\\":
+                    continue
+                if line.startswith("ngram "):
+                    order, count = line[6:].split("=")
+                    counts[int(order)] = int(count)
+                elif line.startswith("\\") and line.endswith("-grams:"):
+                    n = int(line[1:line.index("-")])
+                    grams[n] = (array.array("I"), array.array("f"), array.array("f"))
+                elif line == "\\end\\":
+                    break
+                elif n is not None:
+                    fields = line.split()
+                    ids, logprobs, backoffs = grams[n]
+                    if n == 1:
+                        self.words.setdefault(fields[1], len(self.words))
+                    ids.extend(self.words.get(w, 0xFFFFFFFF) for w in fields[1:1 + n])
+                    logprobs.append(float(fields[0]))
+                    backoffs.append(float(fields[1 + n]) if len(fields) > 1 + n else 0.0)
+        if not grams or not len(grams.get(1, [[]])[0]):
+            raise ValueError(f"{path} holds no n-grams: not an ARPA file")
+        self.order = max(grams)
+        self.tables = {n: self._table(n, *grams.pop(n)) for n in sorted(grams)}
+
+    @staticmethod
+    def _table(n, ids, logprobs, backoffs):
+        """(sorted keys, log10 probs, backoffs) of order n; a key is the ids as big-endian bytes, so
+        that byte order is numeric order and one searchsorted finds an n-gram."""
+        keys = np.frombuffer(ids, dtype=np.uint32).astype(">u4").reshape(-1, n).view(f"V{4 * n}").ravel()
+        order = np.argsort(keys, kind="stable")
+        return (keys[order], np.frombuffer(logprobs, dtype=np.float32)[order],
+                np.frombuffer(backoffs, dtype=np.float32)[order])
+
+    def _find(self, ngram):
+        """(log10 prob, backoff) of an n-gram of word ids, or None if it is not listed."""
+        keys, logprobs, backoffs = self.tables.get(len(ngram), (None, None, None))
+        if keys is None:
+            return None
+        key = np.array(ngram, dtype=">u4").view(f"V{4 * len(ngram)}")[0]
+        i = int(np.searchsorted(keys, key))
+        return (float(logprobs[i]), float(backoffs[i])) if i < len(keys) and keys[i] == key else None
+
+    def log10_prob(self, context, word):
+        """As NgramLM.log10_prob: the longest listed n-gram, plus the backoff weights on the way down."""
+        ids = [self.words.get(w, -1) for w in tuple(context)[-(self.order - 1):]] if self.order > 1 else []
+        target, penalty = self.words.get(word, -1), 0.0
+        while True:
+            if -1 not in ids and target >= 0:
+                found = self._find(tuple(ids) + (target,))
+                if found is not None:
+                    return penalty + found[0]
+            if not ids:
+                unk = self.words.get("<unk>")
+                return penalty + (self._find((unk,))[0] if unk is not None else -10.0)
+            if -1 not in ids:
+                penalty += (self._find(tuple(ids)) or (0.0, 0.0))[1]
+            ids = ids[1:]
+
+    log10_sentence = NgramLM.log10_sentence
+    begin, score, end_score = NgramLM.begin, NgramLM.score, NgramLM.end_score
+
+    def has_word(self, word):
+        return word in self.words
+
+    def has_prefix(self, prefix):
+        if not hasattr(self, "_sorted_words"):
+            self._sorted_words = sorted(w for w in self.words if w not in NOT_WORDS)
+        i = bisect.bisect_left(self._sorted_words, prefix)
+        return i < len(self._sorted_words) and self._sorted_words[i].startswith(prefix)
+
+
+def read_arpa(path):
+    return ArpaLM(path)
 
 
 class KenLM:
@@ -364,7 +428,7 @@ def read_lm(path, sentences_of):
     if binary or (kenlm is not None and path.endswith(".arpa")):
         lm = KenLM(path, unigrams or (arpa_unigrams(path) if not binary else None))
     elif path.endswith(".arpa"):
-        lm = NgramLM.read_arpa(path)
+        lm = ArpaLM(path)
     else:
         sentences = [s.split() for s in sentences_of(path) if s.strip()]
         lm = NgramLM.build(sentences)
@@ -382,15 +446,12 @@ def write_lm_folder(folder, lm, alpha, beta, unk_offset=-10.0):
     os.makedirs(target, exist_ok=True)
     with open(os.path.join(target, "attrs.json"), "w", encoding="utf-8") as f:
         json.dump({"alpha": alpha, "beta": beta, "unk_score_offset": unk_offset, "score_boundary": True}, f)
-    if isinstance(lm, NgramLM):
+    if isinstance(lm, NgramLM):  # built from text here
         words = sorted(w for (w, *rest) in lm.logprob if not rest and w not in NOT_WORDS)
-        source = getattr(lm, "path", "")
-        if source.endswith(".arpa"):
-            link_or_copy(source, os.path.join(target, os.path.basename(source)))
-        else:
-            lm.write_arpa(os.path.join(target, "lm.arpa"))
-    else:
-        words = lm._sorted_words or []
+        lm.write_arpa(os.path.join(target, "lm.arpa"))
+    else:  # read from a file: the file itself
+        words = sorted(lm.words) if isinstance(lm, ArpaLM) else (lm._sorted_words or [])
+        words = [w for w in words if w not in NOT_WORDS]
         link_or_copy(lm.path, os.path.join(target, os.path.basename(lm.path)))
     with open(os.path.join(target, "unigrams.txt"), "w", encoding="utf-8") as f:
         f.write("".join(w + "\n" for w in words))
