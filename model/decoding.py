@@ -279,17 +279,21 @@ class ArpaLM:
                     backoffs.append(float(fields[1 + n]) if len(fields) > 1 + n else 0.0)
         if not grams or not len(grams.get(1, [[]])[0]):
             raise ValueError(f"{path} holds no n-grams: not an ARPA file")
-        self.order = max(grams)
-        self.tables = {n: self._table(n, *grams.pop(n)) for n in sorted(grams)}
+        self.order, self.tables = max(grams), {}
+        for n in sorted(grams):
+            self.tables[n] = self._table(n, *grams.pop(n))
 
     @staticmethod
     def _table(n, ids, logprobs, backoffs):
         """(sorted keys, log10 probs, backoffs) of order n; a key is the ids as big-endian bytes, so
         that byte order is numeric order and one searchsorted finds an n-gram."""
         keys = np.frombuffer(ids, dtype=np.uint32).astype(">u4").reshape(-1, n).view(f"V{4 * n}").ravel()
+        del ids  # each copy is dropped as soon as the next exists: the peak stays near twice the table
         order = np.argsort(keys, kind="stable")
-        return (keys[order], np.frombuffer(logprobs, dtype=np.float32)[order],
-                np.frombuffer(backoffs, dtype=np.float32)[order])
+        keys = keys[order]
+        logprobs = np.frombuffer(logprobs, dtype=np.float32)[order]
+        backoffs = np.frombuffer(backoffs, dtype=np.float32)[order]
+        return keys, logprobs, backoffs
 
     def _find(self, ngram):
         """(log10 prob, backoff) of an n-gram of word ids, or None if it is not listed."""
