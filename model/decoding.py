@@ -166,10 +166,14 @@ def prefix_beam_search(log_probs, vocab, beam=16, lm=None, lm_weight=0.5, word_b
     chars = [vocab.id_to_token[i] for i in range(len(vocab.id_to_token))]
     beams = {("", "", -1): (0.0, NEG_INF)}  # (text, word, last label) -> (ln p ending in blank, in a label)
     scores = LMScores(lm, lm_weight, word_bonus, unk_offset) if lm is not None else None
-    for frame in np.asarray(log_probs, dtype=np.float64):
-        tried = (frame >= prune) & usable
-        tried[int(np.argmax(np.where(usable, frame, NEG_INF)))] = True
-        candidates, lp = np.flatnonzero(tried).tolist(), frame.tolist()
+    log_probs = np.asarray(log_probs, dtype=np.float64)  # (T, V)
+    # Each frame's labels to try, found for the whole clip at once (per-frame NumPy calls cost more
+    # than the search itself once the LM has pruned the beam to a few prefixes).
+    tried = (log_probs >= prune) & usable
+    tried[np.arange(len(log_probs)), np.argmax(np.where(usable, log_probs, NEG_INF), axis=1)] = True
+    frames, labels = np.nonzero(tried)
+    per_frame = np.split(labels, np.searchsorted(frames, np.arange(1, len(log_probs))))
+    for lp, candidates in zip(log_probs.tolist(), (c.tolist() for c in per_frame)):
         p_blank_frame = lp[blank]
         following = {}  # the prefixes after this frame; one reached by several alignments merges: logadd
         for (text, word, last), (p_blank, p_label) in beams.items():
