@@ -7,8 +7,12 @@ blank) counts once with all three probabilities. A word language model (an ARPA 
 KenLM's `lmplz` writes, or one built here from text) then scores each word as the prefix
 completes it. Bengali.AI Speech's leaders decoded this way: a 5-gram took WER from 0.217 to 0.153.
 
-Plain Python and NumPy, no compiled dependency; fast enough because after a little training
-most frames are nearly all blank, so few labels pass `prune` per frame.
+The search is plain Python and NumPy, fast because after a little training most frames are nearly
+all blank, so few labels pass `prune` per frame, and an LM prunes the beam to a few prefixes
+(bench/asr_decoding.py sets it beside pyctcdecode + KenLM). The LMs, in reading order: `NgramLM`
+(built from text here), `ArpaLM` (an ARPA file of any size, in arrays), `KenLM` (the kenlm library,
+when installed: ARPA and KenLM binaries); `read_lm` picks one for `--lm`, and `write_lm_folder`
+writes Hugging Face's language_model/ folder.
 """
 
 import array
