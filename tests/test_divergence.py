@@ -230,12 +230,12 @@ def test_pruning_keeps_the_newest_rolling_checkpoint_even_with_keep_last_0(tmp_p
 def test_the_budget_counts_from_pythons_start_not_the_shells(tmp_path, corpus):
     # `pip install ... && python train_part.py ...`: the shell's time before it runs Python is not the part's
     script = (f"sleep 4; exec {sys.executable} -u train_part.py --task lm --out {tmp_path} --data {corpus} "
-              f"--budget-hours {8 / 3600} " + " ".join(tiny_lm_args()))
+              f"--budget-hours {16 / 3600} " + " ".join(tiny_lm_args()))  # room for a cold start-up (~8 s)
     t0 = time.time()
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     total = time.time() - t0
     assert done.returncode == 0, done.stderr
     wall = float(done.stdout.split("time: ")[1].split(" s wall")[0])
-    assert wall <= 8.0 and total >= 4.0 + wall - 0.5
+    assert wall <= 16.0 and total >= 4.0 + wall - 0.5
     steps = int(done.stdout.split("at global step ")[1].split()[0])
     assert steps > 0
