@@ -12,7 +12,6 @@ config stored in the file, so no training flags need repeating.
 
 import argparse
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from data import table as table_data
 import model as models
 from model import decoding
 from training import TASKS, discovery
+from training.config import resolve_settings
 
 
 class InferError(Exception):
@@ -204,8 +204,7 @@ def tune_lm(args, model, vocab, lm, meta, device):
     use_training_normalizer(meta)
     if not isinstance(meta.get("config"), dict):
         raise InferError("--lm-tune needs a Baton checkpoint, whose settings name its validation clips")
-    cfg = TASKS["asr"].config(**{k: v for k, v in meta["config"].items()
-                                 if k in {f.name for f in dataclasses.fields(TASKS["asr"].config)}})
+    cfg = resolve_settings(TASKS["asr"].config, [], meta["config"])  # the run's settings, as a resumed part reads them
     clips = audio.validation_clips(cfg)
     references = dict(zip(clips.items.column("id"), clips.items.column("sentence")))
     outputs = list(model_outputs(model, clips, args, device))

@@ -41,6 +41,12 @@ def logadd(a, b):
     return high + math.log1p(math.exp(low - high))
 
 
+def some_word_starts(sorted_words, prefix):
+    """Whether a word of the sorted list starts with `prefix`: the first word not below it does, if any."""
+    i = bisect.bisect_left(sorted_words, prefix)
+    return i < len(sorted_words) and sorted_words[i].startswith(prefix)
+
+
 class NgramLM:
     """A word n-gram model in ARPA's backoff form: log10 P(word | context) for the n-grams it has,
     and a log10 backoff weight for each context; an unseen n-gram backs off to a shorter context:
@@ -82,8 +88,7 @@ class NgramLM:
         """Whether some word of the model starts with `prefix` (a binary search of its sorted words)."""
         if not hasattr(self, "_sorted_words"):
             self._sorted_words = sorted(w for (w, *rest) in self.logprob if not rest)
-        i = bisect.bisect_left(self._sorted_words, prefix)
-        return i < len(self._sorted_words) and self._sorted_words[i].startswith(prefix)
+        return some_word_starts(self._sorted_words, prefix)
 
     def log10_sentence(self, words):
         """log10 P(<s> words </s>)."""
@@ -337,8 +342,7 @@ class ArpaLM:
     def has_prefix(self, prefix):
         if not hasattr(self, "_sorted_words"):
             self._sorted_words = sorted(w for w in self.words if w not in NOT_WORDS)
-        i = bisect.bisect_left(self._sorted_words, prefix)
-        return i < len(self._sorted_words) and self._sorted_words[i].startswith(prefix)
+        return some_word_starts(self._sorted_words, prefix)
 
 
 def read_arpa(path):
@@ -373,10 +377,7 @@ class KenLM:
         return word in self.model
 
     def has_prefix(self, prefix):
-        if self._sorted_words is None:
-            return True
-        i = bisect.bisect_left(self._sorted_words, prefix)
-        return i < len(self._sorted_words) and self._sorted_words[i].startswith(prefix)
+        return self._sorted_words is None or some_word_starts(self._sorted_words, prefix)
 
 
 KENLM_MAGIC = b"mmap lm "  # how a KenLM binary file begins
