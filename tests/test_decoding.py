@@ -104,10 +104,10 @@ def test_a_word_no_lm_word_starts_like_leaves_the_beam_before_its_space():
 
 
 def test_prefixes_far_below_the_best_are_pruned_and_the_likeliest_label_is_always_tried():
-    following = {("", "a", 5): [math.log(0.5), NEG], ("", "c", 6): [NEG, -5.0], ("", "t", 8): [-12.0, NEG]}
-    kept = decoding.best_prefixes(following, beam=8, beam_prune=-10.0, lm_score=None)
+    following = {("", "a", 5): [math.log(0.5), NEG, 0.0], ("", "c", 6): [NEG, -5.0, 0.0], ("", "t", 8): [-12.0, NEG, 0.0]}
+    kept = decoding.best_prefixes(following, beam=8, beam_prune=-10.0)
     assert set(kept) == {("", "a", 5), ("", "c", 6)}  # -12 is more than 10 below ln 0.5
-    assert set(decoding.best_prefixes(following, beam=1, beam_prune=-10.0, lm_score=None)) == {("", "a", 5)}
+    assert set(decoding.best_prefixes(following, beam=1, beam_prune=-10.0)) == {("", "a", 5)}
     # No label clears prune=+1 (a log probability is at most 0), but each frame's likeliest is tried.
     assert decoding.prefix_beam_search(frames({"c": 0.9}, {"a": 0.9}, {"t": 0.9}), VOCAB, beam=4, prune=1.0) == "cat"
 
