@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 LN10 = math.log(10.0)
 NEG_INF = -math.inf
+MEMO_SIZE = 1_000_000  # ArpaLM's memo of scores: ~200 MB at most, emptied when full
 
 
 def logadd(a, b):
@@ -409,7 +410,6 @@ class KenLM:
         return self._sorted_words is None or some_word_starts(self._sorted_words, prefix)
 
 
-MEMO_SIZE = 1_000_000  # ArpaLM's memo of scores: ~200 MB at most, emptied when full
 KENLM_MAGIC = b"mmap lm "  # how a KenLM binary file begins
 NOT_WORDS = {"<s>", "</s>", "<unk>"}
 

@@ -112,6 +112,25 @@ def test_prefixes_far_below_the_best_are_pruned_and_the_likeliest_label_is_alway
     assert decoding.prefix_beam_search(frames({"c": 0.9}, {"a": 0.9}, {"t": 0.9}), VOCAB, beam=4, prune=1.0) == "cat"
 
 
+def test_a_frame_s_likeliest_letter_is_tried_below_prune_unless_it_cannot_survive_the_beam():
+    # The "a" of "cat" is heard faintly: a frame of blank with "a" at 1e-3 (ln -6.9, below prune=-5).
+    # Trying it anyway, "ca" costs 6.9 against "c" held, and the LM (which knows only "cat") takes
+    # unk_offset=-10 from the spelling "ct" at once: "cat" wins. At 1e-7 (ln -16, beyond
+    # beam_prune=-10 less the word bonus), whatever the LM says it would be pruned: it is not tried.
+    lm = decoding.NgramLM.build([["cat"]] * 5, order=2)
+    def clip(p_a):
+        return frames({"c": 0.99}, {"<pad>": 1 - p_a, "a": p_a}, {"t": 0.99}, {"<pad>": 0.99})
+    faint = clip(1e-3)
+    assert VOCAB.decode_ctc(faint.argmax(axis=1)) == "ct"
+    assert decoding.prefix_beam_search(faint, VOCAB, beam=8, lm=lm, lm_weight=0.0, word_bonus=1.0) == "cat"
+    assert decoding.prefix_beam_search(faint, VOCAB, beam=8) == "ct"  # without the LM, the sound decides
+    tried = list(decoding.labels_to_try(faint, VOCAB, prune=-5.0, lowest_lead=-11.0))
+    assert tried == [[VOCAB.token_to_id["c"]], [VOCAB.token_to_id["a"]], [VOCAB.token_to_id["t"]], []]
+    silent = clip(1e-7)
+    assert list(decoding.labels_to_try(silent, VOCAB, prune=-5.0, lowest_lead=-11.0))[1] == []
+    assert decoding.prefix_beam_search(silent, VOCAB, beam=8, lm=lm, lm_weight=0.0, word_bonus=1.0) == "ct"
+
+
 END_ARPA = """\\data\\
 ngram 1=5
 ngram 2=4
