@@ -113,7 +113,8 @@ def run_peer(python, folder, outputs, vocab, arpa, args, pairs):
                    "delimiter": vocab.token_to_id[transcripts.DELIM], "specials": sorted(vocab.special_ids)},
                   f, ensure_ascii=False)
     command = [python, PEER, "--npz", npz, "--labels", labels, "--lm", arpa, "--widths", args.widths,
-               "--alpha", str(args.lm_weight), "--beta", str(args.word_bonus), "--grid-width", str(args.grid_width), "--repeat", str(args.repeat),
+               "--alpha", str(args.lm_weight), "--beta", str(args.word_bonus), "--grid-width", str(args.grid_width),
+               "--repeat", str(args.repeat),
                "--pairs", ",".join(f"{w}:{b}" for w, b in pairs)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

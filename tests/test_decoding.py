@@ -103,7 +103,7 @@ def test_a_word_no_lm_word_starts_like_leaves_the_beam_before_its_space():
                                        unk_offset=0.0) == "cot"
 
 
-def test_prefixes_far_below_the_best_are_pruned_and_the_likeliest_label_is_always_tried():
+def test_prefixes_far_below_the_best_are_pruned_and_a_frame_s_likeliest_letter_is_tried_below_prune():
     following = {("", "a", 5): [math.log(0.5), NEG, 0.0], ("", "c", 6): [NEG, -5.0, 0.0], ("", "t", 8): [-12.0, NEG, 0.0]}
     kept = decoding.best_prefixes(following, beam=8, beam_prune=-10.0)
     assert set(kept) == {("", "a", 5), ("", "c", 6)}  # -12 is more than 10 below ln 0.5
