@@ -23,10 +23,10 @@ The contracts this file keeps:
   diverging, the part stops with the last good state as its hand-off.
 The checkpoint file itself is described in ckpt.py.
 
-Read top to bottom: the command line, setting up a part, the training loop (between the
-TRAINING SECTION banners, with the checks at its step boundaries and the recovery from
-divergence), evaluating and saving, the end of a part; then the helpers, in order of first use:
-setting up the model and optimizer, the learning rate, and resuming and rolling back. The chapters
+Read top to bottom: the command line, the training loop (between the TRAINING SECTION banners,
+with the checks at its step boundaries and the recovery from divergence), evaluating and saving,
+the end of a part; then how a part is set up (`Part`: everything the loop uses) and its helpers,
+in order of first use: the model and optimizer, the learning rate, and resuming and rolling back. The chapters
 of the stage live in training/ (its __init__.py says in which order to read them): each task's
 config, data and model (training/lm.py, asr.py, reg.py), the settings, finding the checkpoint to
 continue from, the time budget, divergence, the run's record, and several processes (torchrun).
@@ -187,90 +187,6 @@ def signals_at_once(enabled=True):
         STOP["at_once"] = False
         if STOP["signal"] is not None and hasattr(signal, "setitimer"):
             signal.setitimer(signal.ITIMER_REAL, 0)  # raise_at_once's repeats
-
-
-# -----------------------------------------------------------------------------
-# Setting up a part: everything the loop needs, in one object
-
-class Part:
-    """One part of a run: its settings, model, optimizer and where training stands. The loop below
-    moves it forward; `save` writes it to a checkpoint and `Part(...)` of the next session reads it back."""
-
-    def __init__(self, args, started):
-        self.args, self.started = args, started
-        self.budget = TimeBudget(args.budget_hours, started)
-        self.ranks = start_processes(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if not self.ranks.main:  # one log: rank 0 speaks for all (errors still reach stderr)
-            sys.stdout = open(os.devnull, "w")
-        self.device, amp = choose_device(args)
-        self.amp = amp  # recorded in every checkpoint, with the device type
-        try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as e:  # a file of that name, or a place nobody may write to
-            raise ConfigError(f"--out {args.out} cannot be the run folder ({e.strerror or e}); give a folder "
-                              f"that can be created and written") from None
-        if self.ranks.main:
-            ckpt.remove_stale_temp_files(args.out)
-        saved, args.part = choose_checkpoint(args, self.ranks)
-        args.resumed_from = saved.path if saved is not None else None  # for a stop while setting up (main)
-        resumable = saved if saved is not None and saved.is_training else None  # not a weights-only or .pt file
-        self.cfg = cfg = keep_global_batch(resolve_config(args, resumable), args, resumable, self.ranks.world)
-        print_config(cfg)
-
-        random_seed_everything(cfg.seed)  # the same initial weights on every rank
-        # The task's model, and the task object: its batches, evaluation and metrics (training/__init__.py).
-        self.model, self.task = TASKS[args.task].build(cfg, self.device, self.ranks.rank, self.ranks.world,
-                                                       resumable, args.out)
-        self.model.gradient_checkpointing = cfg.grad_checkpointing
-        self.model.to(self.device)
-        if self.ranks.world > 1:
-            random_seed_everything(cfg.seed + 1000 * self.ranks.rank)  # but each rank its own dropout and masks
-        self.train_model = wrap_for_training(self.model, cfg, self.ranks, self.device)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
-        self.idle_scaler_state = {}  # an earlier fp16 part's loss scale, kept while this part runs without one
-        self.watch = divergence.Watch(self.device, fp16=amp == "fp16")
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-        self.per_step = cfg.grad_accum * self.ranks.world  # micro-batches of all ranks per optimizer step
-        self.steps_per_epoch = math.ceil(len(self.task.sampler) / self.per_step)
-        self.total_epochs = cfg.epochs + cfg.phase2_epochs
-        self.total_steps = self.total_epochs * self.steps_per_epoch
-        processes = f" x {self.ranks.world} processes" if self.ranks.world > 1 else ""
-        print(f"model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters on {self.device}"
-              f"{processes} (amp {amp}); {self.steps_per_epoch} steps/epoch, {self.total_steps} planned steps")
-
-        self.position = Position()
-        self.best = {"metric": self.task.best_metric, "value": None, "step": None}
-        self.history = new_history()
-        if saved is not None:
-            restore(self, saved)
-        # What a divergence rolls back to (see recover): the newest finite training checkpoint, or a copy
-        # in memory of the state this part starts from until it has written one.
-        self.good = roll_back_point_at_start(self, saved)
-        self.gave_up = None  # why the part stops after repeated divergence
-        self.history["parts"].append({"part": args.part, "start_step": self.position.global_step})
-        self.start_epoch = self.position.epoch
-        self.last_eval_step = None
-        self.last_save = time.monotonic()
-        self.last_inputs = None  # the previous micro-batch, for train_step's stand-in under DDP
-        self.step_rng = None  # (global step, the RNG as that step began): what a failed step is undone to
-        self.updating = False  # between a step's first change to the weights and its position's move
-        self.handed_off = None  # the hand-off's path, once written
-        if cfg.probe_memory:  # the pieces every micro-batch is trained in (training/memory.py)
-            print(probe_part(self))
-
-        if self.budget.deadline is not None:  # weights + AdamW's two moments dominate the file
-            # Tied weights count twice here (the file stores them once): the estimate errs on the safe side.
-            nbytes = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-            seconds = ckpt.estimate_write_seconds(args.out, nbytes) if self.ranks.main else None
-            self.budget.expect_save(from_rank0(self.ranks, seconds))
-        if not all_ranks(self.ranks, self.budget.room_for_step() or STOP["signal"]):
-            raise ConfigError(f"--budget-hours {args.budget_hours:g} is too small: start-up took "
-                              f"{time.time() - started:.0f} s and the final save needs more than the "
-                              f"{max(self.budget.left(), 0):.0f} s left; give the part more time")
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
 
 # ---------------------------------------------------------------- TRAINING SECTION BEGIN
@@ -680,6 +596,90 @@ def hand_off_after_fault(part, error):
     print(f"\nstopped: {what} in step {step + 1}; the hand-off {path} holds step {step}, the last one finished "
           f"(the failed step is undone), and continues exactly.\nnext: {next_command(part)}")
     sys.stdout.flush()
+
+
+# -----------------------------------------------------------------------------
+# Setting up a part: everything the loop needs, in one object
+
+class Part:
+    """One part of a run: its settings, model, optimizer and where training stands. The loop above
+    moves it forward; `save` writes it to a checkpoint and `Part(...)` of the next session reads it back."""
+
+    def __init__(self, args, started):
+        self.args, self.started = args, started
+        self.budget = TimeBudget(args.budget_hours, started)
+        self.ranks = start_processes(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if not self.ranks.main:  # one log: rank 0 speaks for all (errors still reach stderr)
+            sys.stdout = open(os.devnull, "w")
+        self.device, amp = choose_device(args)
+        self.amp = amp  # recorded in every checkpoint, with the device type
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:  # a file of that name, or a place nobody may write to
+            raise ConfigError(f"--out {args.out} cannot be the run folder ({e.strerror or e}); give a folder "
+                              f"that can be created and written") from None
+        if self.ranks.main:
+            ckpt.remove_stale_temp_files(args.out)
+        saved, args.part = choose_checkpoint(args, self.ranks)
+        args.resumed_from = saved.path if saved is not None else None  # for a stop while setting up (main)
+        resumable = saved if saved is not None and saved.is_training else None  # not a weights-only or .pt file
+        self.cfg = cfg = keep_global_batch(resolve_config(args, resumable), args, resumable, self.ranks.world)
+        print_config(cfg)
+
+        random_seed_everything(cfg.seed)  # the same initial weights on every rank
+        # The task's model, and the task object: its batches, evaluation and metrics (training/__init__.py).
+        self.model, self.task = TASKS[args.task].build(cfg, self.device, self.ranks.rank, self.ranks.world,
+                                                       resumable, args.out)
+        self.model.gradient_checkpointing = cfg.grad_checkpointing
+        self.model.to(self.device)
+        if self.ranks.world > 1:
+            random_seed_everything(cfg.seed + 1000 * self.ranks.rank)  # but each rank its own dropout and masks
+        self.train_model = wrap_for_training(self.model, cfg, self.ranks, self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.idle_scaler_state = {}  # an earlier fp16 part's loss scale, kept while this part runs without one
+        self.watch = divergence.Watch(self.device, fp16=amp == "fp16")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+        self.per_step = cfg.grad_accum * self.ranks.world  # micro-batches of all ranks per optimizer step
+        self.steps_per_epoch = math.ceil(len(self.task.sampler) / self.per_step)
+        self.total_epochs = cfg.epochs + cfg.phase2_epochs
+        self.total_steps = self.total_epochs * self.steps_per_epoch
+        processes = f" x {self.ranks.world} processes" if self.ranks.world > 1 else ""
+        print(f"model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters on {self.device}"
+              f"{processes} (amp {amp}); {self.steps_per_epoch} steps/epoch, {self.total_steps} planned steps")
+
+        self.position = Position()
+        self.best = {"metric": self.task.best_metric, "value": None, "step": None}
+        self.history = new_history()
+        if saved is not None:
+            restore(self, saved)
+        # What a divergence rolls back to (see recover): the newest finite training checkpoint, or a copy
+        # in memory of the state this part starts from until it has written one.
+        self.good = roll_back_point_at_start(self, saved)
+        self.gave_up = None  # why the part stops after repeated divergence
+        self.history["parts"].append({"part": args.part, "start_step": self.position.global_step})
+        self.start_epoch = self.position.epoch
+        self.last_eval_step = None
+        self.last_save = time.monotonic()
+        self.last_inputs = None  # the previous micro-batch, for train_step's stand-in under DDP
+        self.step_rng = None  # (global step, the RNG as that step began): what a failed step is undone to
+        self.updating = False  # between a step's first change to the weights and its position's move
+        self.handed_off = None  # the hand-off's path, once written
+        if cfg.probe_memory:  # the pieces every micro-batch is trained in (training/memory.py)
+            print(probe_part(self))
+
+        if self.budget.deadline is not None:  # weights + AdamW's two moments dominate the file
+            # Tied weights count twice here (the file stores them once): the estimate errs on the safe side.
+            nbytes = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            seconds = ckpt.estimate_write_seconds(args.out, nbytes) if self.ranks.main else None
+            self.budget.expect_save(from_rank0(self.ranks, seconds))
+        if not all_ranks(self.ranks, self.budget.room_for_step() or STOP["signal"]):
+            raise ConfigError(f"--budget-hours {args.budget_hours:g} is too small: start-up took "
+                              f"{time.time() - started:.0f} s and the final save needs more than the "
+                              f"{max(self.budget.left(), 0):.0f} s left; give the part more time")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
 
 # -----------------------------------------------------------------------------
