@@ -6,7 +6,9 @@
     python infer.py --task asr --ckpt runs/asr --export hf_model/   # Hugging Face folder, opens in transformers
 
 `--ckpt` takes a full training checkpoint, a weights-only `best_model.safetensors`, or a run
-folder (then its best model, else its newest valid checkpoint). The model is rebuilt from the
+folder (then its best model, else its newest valid checkpoint); `--ckpt auto` takes the run folder
+whose training checkpoint has the highest global step, in ./runs/<task> or under the input roots
+(an attached output on Kaggle, as chain.py's last version uses it). The model is rebuilt from the
 config stored in the file, so no training flags need repeating.
 """
 
@@ -25,6 +27,7 @@ from data import DataError, audio, manifest, tokenizers, transcripts
 from data import table as table_data
 import model as models
 from model import decoding
+from data.inputs import input_roots
 from training import TASKS, discovery
 from training.config import resolve_settings
 
@@ -50,6 +53,19 @@ def resolve_checkpoint(path):
     if not found:
         raise InferError(f"no checkpoint in {path}; train first or pass a .safetensors file")
     return max(found, key=lambda f: f.global_step).path
+
+
+def find_run(task):
+    """--ckpt auto: the folder of the newest training checkpoint of `task` (by global step) in
+    ./runs/<task> or under the input roots, where a Kaggle session finds an attached output."""
+    roots = [os.path.join("runs", task)] + input_roots()
+    found = [f for f in discovery.scan(roots) if f.problem is None and f.kind == "train" and f.task == task]
+    if not found:
+        raise InferError(f"--ckpt auto found no {task} training checkpoint under {', '.join(roots)}; attach the "
+                         f"training's output or pass --ckpt PATH")
+    newest = max(found, key=lambda f: f.global_step)
+    print(f"--ckpt auto: {os.path.dirname(newest.path)} (global step {newest.global_step})", file=sys.stderr)
+    return os.path.dirname(newest.path)
 
 
 def load_hf_folder(folder, task, device):
@@ -311,7 +327,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="Predict with a Baton checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, choices=list(TASKS))
-    p.add_argument("--ckpt", required=True, help="checkpoint file, best_model.safetensors, or a run folder")
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint file, best_model.safetensors, a run folder, or 'auto' (the newest run in "
+                        "runs/<task> or the input roots)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     p.add_argument("--export", default=None, metavar="DIR", help="write a Hugging Face model folder instead of predicting")
     p.add_argument("--data", default=None, help="asr: a folder of clips or a CSV; reg: a CSV (default: the embedded test set)")
@@ -350,6 +368,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
+        if args.ckpt == "auto":
+            args.ckpt = find_run(args.task)
         if args.export:
             export(args, device)
         elif args.task == "asr":

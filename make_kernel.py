@@ -39,8 +39,8 @@ Below the settings: the project's modules and samples, unpacked to a temp folder
 """
 
 # ---- settings, used when the file runs with no arguments --------------------------------------
-STAGE = "train"                                   # "train" (train_part.py) or "infer" (infer.py)
-ARGS = "--task lm --part auto --budget-hours 11"  # the command line of that stage
+STAGE = {stage!r}  # "train" (train_part.py) or "infer" (infer.py)
+ARGS = {args!r}  # the command line of that stage
 # -------------------------------------------------------------------------------------------------
 
 import time  # noqa: E402
@@ -125,7 +125,9 @@ def modules():
     return paths
 
 
-def build():
+def build(stage="train", args="--task lm --part auto --budget-hours 11"):
+    """The kernel's text; `stage` and `args` are what it runs when started with no arguments (chain.py
+    sets them to each part's command)."""
     files = {}
     for path in modules():
         with open(os.path.join(ROOT, path), encoding="utf-8") as f:
@@ -135,7 +137,7 @@ def build():
         files[path] = ("xz", base64.b85encode(packed).decode("ascii"))
     version = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:16]
     lines = ",\n".join(f"    {path!r}: ({kind!r}, {content!r})" for path, (kind, content) in files.items())
-    return TEMPLATE.format(version=version, files="{\n" + lines + ",\n}")
+    return TEMPLATE.format(version=version, files="{\n" + lines + ",\n}", stage=stage, args=args)
 
 
 def main():
