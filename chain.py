@@ -444,9 +444,10 @@ def check_quota(kaggle, hours, args):
             if left is not None:
                 print(f"GPU quota: {left:.1f} h left this week")
             return
-        until = (reset - datetime.datetime.now(datetime.timezone.utc)).total_seconds() / 3600
-        short = (f"the weekly GPU quota has {left:.1f} h left, less than the part's --budget-hours {hours:g}; it "
-                 f"resets at {reset:%Y-%m-%d %H:%M} UTC, in {until:.1f} h")
+        until = (reset - datetime.datetime.now(datetime.timezone.utc)).total_seconds() / 3600 if reset else 1.0
+        when = f"it resets at {reset:%Y-%m-%d %H:%M} UTC, in {until:.1f} h" if reset else "Kaggle gives no reset time"
+        short = (f"the weekly GPU quota has {left:.1f} h left, less than the part's --budget-hours {hours:g}; "
+                 f"{when}")
         if not args.wait_for_quota:
             raise ChainError(f"{short}: run the same command then, add --wait-for-quota to wait for it, or give a "
                              f"smaller --budget-hours")

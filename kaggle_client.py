@@ -140,7 +140,8 @@ class Kaggle:
         if gpu is None or gpu.total_time_allowed is None:
             return None, None
         used = sum(t.total_seconds() for t in (gpu.time_used, gpu.time_reserved) if t is not None)
-        reset = quota.quota_refresh_time.replace(tzinfo=datetime.timezone.utc)
+        reset = quota.quota_refresh_time  # UTC without a zone; None if Kaggle gives none
+        reset = reset.replace(tzinfo=datetime.timezone.utc) if reset is not None else None
         return (gpu.total_time_allowed.total_seconds() - used) / 3600, reset
 
 
