@@ -44,7 +44,9 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 
 import make_kernel
@@ -126,6 +128,8 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None  # as Ctrl-C
     try:
         if args.dry_run:
             dry_run(args)
@@ -145,6 +149,9 @@ def main(argv=None):
         print(f"\nstopped: the driver, not the sessions; a version that was running goes on. The same command "
               f"carries on from {os.path.join(args.out, 'chain.json')}.")
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # -----------------------------------------------------------------------------
