@@ -125,12 +125,17 @@ class Kaggle:
                 return files, kaggle_log_text(log or "")
 
     def download(self, url, path):
+        """An output file (its listing's signed URL), written whole or not at all."""
         import requests
-        response = requests.get(url, stream=True, timeout=300)
-        response.raise_for_status()
-        with open(path + ".tmp", "wb") as f:
-            for chunk in response.iter_content(1 << 20):
-                f.write(chunk)
+        try:
+            response = requests.get(url, stream=True, timeout=300)
+            response.raise_for_status()
+            with open(path + ".tmp", "wb") as f:
+                for chunk in response.iter_content(1 << 20):
+                    f.write(chunk)
+        except requests.RequestException as e:
+            raise KaggleError(f"the download of {os.path.basename(path)} failed ({e}); the same command tries "
+                              f"again") from None
         os.replace(path + ".tmp", path)
 
     def gpu_quota(self):
@@ -160,7 +165,7 @@ def credentials():
             key = json.load(f)
         return {"username": key["username"], "password": key["key"]}
     raise KaggleError("no Kaggle API credentials: make a token at https://www.kaggle.com/settings (API > Generate New "
-                     "Token) and save it as ~/.kaggle/access_token or in KAGGLE_API_TOKEN")
+                      "Token) and save it as ~/.kaggle/access_token or in KAGGLE_API_TOKEN")
 
 
 def kaggle_log_text(log):
