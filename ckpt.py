@@ -427,31 +427,6 @@ def load_legacy(path):
     return Checkpoint(path=path, meta=meta, state=state, size=os.path.getsize(path))
 
 
-def read_weights_folder(folder):
-    """The weights of a Hugging Face model folder as one state dict: `model.safetensors` (or its
-    shards listed in `model.safetensors.index.json`), else `pytorch_model.bin` read with
-    weights_only=True, never a full unpickle."""
-    from safetensors.torch import load_file
-
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"pretrained folder {folder} does not exist")
-    single = os.path.join(folder, "model.safetensors")
-    index = single + ".index.json"
-    if os.path.exists(single):
-        return load_file(single)
-    if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        sd = {}
-        for shard in shards:
-            sd.update(load_file(os.path.join(folder, shard)))
-        return sd
-    bin_path = os.path.join(folder, "pytorch_model.bin")
-    if os.path.exists(bin_path):
-        return load_legacy(bin_path).state["model"]
-    raise CheckpointError(f"{folder} has no model.safetensors or pytorch_model.bin")
-
-
 def load_any(path):
     """A Baton `.safetensors` checkpoint (verified) or a legacy `.pt/.pth` file."""
     if os.fspath(path).endswith((".pt", ".pth", ".bin")):

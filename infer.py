@@ -27,8 +27,10 @@ from data import DataError, audio, manifest, tokenizers, transcripts
 from data import table as table_data
 import model as models
 from model import decoding
+from model.hf_weights import WeightsError
 from data.inputs import input_roots
-from training import TASKS, discovery
+from training import discovery
+from training.tasks import TASKS
 from training.config import resolve_settings
 
 
@@ -122,8 +124,8 @@ def infer_lm(args, device):
 def infer_asr(args, device):
     """Every clip of a folder or CSV -> submission.csv (id,sentence), one row per clip in input order."""
     model, meta = load_model(args.ckpt, "asr", device)
-    vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"])
-    use_training_normalizer(meta)
+    normalizer = use_training_normalizer(meta)
+    vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"], normalizer)
     utterances = manifest.read_manifest(args.data or manifest.EMBEDDED_TEST, require_text=False)
     if not utterances:
         raise InferError(f"no audio clips found in {args.data}")
@@ -132,7 +134,7 @@ def infer_asr(args, device):
         raise InferError(audio.no_usable_clip(args.data or manifest.EMBEDDED_TEST, clips, "test",
                                               every_path=[u.path for u in utterances]))
     print(f"clips: {clips.report}", file=sys.stderr)
-    lm = read_lm(args)
+    lm = lm_for_args(args, meta)
     if lm is not None and not args.beam:
         raise InferError("--lm needs a beam search: add --beam N (e.g. 32)")
     if args.lm_tune:
@@ -151,23 +153,24 @@ def infer_asr(args, device):
         writer.writerow(["id", "sentence"])
         for u in utterances:
             text = predicted.get(u.id, "")
-            writer.writerow([u.id, transcripts.postprocess_bengali(text) if args.postprocess else text])
+            writer.writerow([u.id, transcripts.postprocess_bengali(text, normalizer) if args.postprocess else text])
     print(f"wrote {out_path}: {len(utterances)} rows", file=sys.stderr)
     references = [u for u in utterances if u.sentence]
     if references:  # a labelled set: say how good the predictions are
-        refs = [transcripts.normalize_text(u.sentence) for u in references]
-        hyps = [transcripts.normalize_text(predicted.get(u.id, "")) for u in references]
+        refs = [transcripts.normalize_text(u.sentence, normalizer=normalizer) for u in references]
+        hyps = [transcripts.normalize_text(predicted.get(u.id, ""), normalizer=normalizer) for u in references]
         print(f"on {len(refs)} labelled clips: WER {transcripts.wer(refs, hyps):.3f}, CER {transcripts.cer(refs, hyps):.3f}",
               file=sys.stderr)
 
 
 def use_training_normalizer(meta):
-    """Normalise references and submissions as the model's training targets were (data/transcripts.py)."""
+    """The Normalizer (data/transcripts.py) the model's training targets went through, for references,
+    submissions and a language model's sentences alike."""
     name = (meta.get("config") or {}).get("normalizer", "nfc")  # older files, and exported folders: NFC
     if name == "bnunicodenormalizer" and not transcripts.bnunicodenormalizer_installed():
         raise InferError("this model's transcripts were normalised with bnunicodenormalizer, which is not installed: "
                          "pip install bnunicodenormalizer")
-    transcripts.use_normalizer(name)
+    return transcripts.Normalizer(name)
 
 
 def model_outputs(model, clips, args, device):
@@ -214,17 +217,17 @@ LM_TUNE_WEIGHTS, LM_TUNE_BONUSES = (0.3, 0.5, 0.8, 1.2), (0.0, 1.0, 2.0, 3.0)
 def tune_lm(args, model, vocab, lm, meta, device):
     """--lm-tune: the LM weight and word bonus of the grid that give the lowest WER on the run's
     validation clips (the ones training scored; one model pass, every pair decodes the same log
-    probabilities); the table is printed and the pair used from here (and stored by --export)."""
+    probabilities); the table is printed and the pair used from here (and stored by --export).
+    `vocab` carries the training normaliser, which the references go through."""
     if lm is None or not args.beam:
         raise InferError("--lm-tune needs --lm and --beam N")
-    use_training_normalizer(meta)
     if not isinstance(meta.get("config"), dict):
         raise InferError("--lm-tune needs a Baton checkpoint, whose settings name its validation clips")
     cfg = resolve_settings(TASKS["asr"].config, [], meta["config"])  # the run's settings, as a resumed part reads them
     clips = audio.validation_clips(cfg)
     references = dict(zip(clips.items.column("id"), clips.items.column("sentence")))
     outputs = list(model_outputs(model, clips, args, device))
-    refs = [transcripts.normalize_text(references[i], vocab.keep) for i, _ in outputs]
+    refs = [transcripts.normalize_text(references[i], vocab.keep, vocab.normalizer) for i, _ in outputs]
     scores = {}
     for weight in LM_TUNE_WEIGHTS:
         for bonus in LM_TUNE_BONUSES:
@@ -239,13 +242,17 @@ def tune_lm(args, model, vocab, lm, meta, device):
     return best, scores
 
 
-def read_lm(args):
-    """The --lm model, or None; the LM weight and word bonus default to a language_model folder's
-    alpha and beta, else 0.5 and 1.0."""
+def lm_for_args(args, meta):
+    """The --lm model, or None; one built from sentences normalises them as the model's (`meta`'s)
+    targets were. The LM weight and word bonus default to a language_model folder's alpha and beta,
+    else 0.5 and 1.0."""
+    def sentences_of(path):  # only an LM built from text needs the normaliser (and its library)
+        return transcripts.sentences_of(path, use_training_normalizer(meta))
+
     lm = None
     if args.lm:
         try:
-            lm = decoding.read_lm(args.lm, transcripts.sentences_of)
+            lm = decoding.read_lm(args.lm, sentences_of)
         except (OSError, ValueError) as e:
             raise InferError(f"--lm {args.lm}: {e}") from None
     attrs = getattr(lm, "attrs", {})
@@ -306,9 +313,10 @@ def export(args, device):
     if args.task == "asr":
         model.save_pretrained(args.export, vocab=meta["task_meta"]["vocab"])
         audio.write_hf_processor(args.export, layer_norm_features=model.config.feat_extract_norm == "layer")
-        lm = read_lm(args)
+        lm = lm_for_args(args, meta)
         if lm is not None and args.lm_tune:
-            tune_lm(args, model, transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"]), lm, meta, device)
+            vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"], use_training_normalizer(meta))
+            tune_lm(args, model, vocab, lm, meta, device)
         if lm is not None:  # Wav2Vec2ProcessorWithLM (with pyctcdecode and kenlm installed) decodes with it
             folder = decoding.write_lm_folder(args.export, lm, args.lm_weight, args.word_bonus)
             print(f"language model: {folder} (alpha {args.lm_weight:g}, beta {args.word_bonus:g})", file=sys.stderr)
@@ -378,7 +386,7 @@ def main(argv=None):
             infer_reg(args, device)
         else:
             infer_lm(args, device)
-    except (InferError, DataError, ckpt.CheckpointError) as e:
+    except (InferError, DataError, ckpt.CheckpointError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -92,10 +92,9 @@ def main():
     import train_part
     name = os.path.basename(__file__)
     train_part.COMMANDS.update(train=f"python {{name}}", infer=f"python {{name}} infer")
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, train_part.request_stop)
+    train_part.signals.install()
     for signum in STOPS:
-        train_part.request_stop(signum, None)
+        train_part.signals.request_stop(signum, None)
     return train_part.main(argv, started=STARTED)
 
 

@@ -23,79 +23,58 @@ The contracts this file keeps:
   diverging, the part stops with the last good state as its hand-off.
 The checkpoint file itself is described in ckpt.py.
 
-Read top to bottom: the command line, the training loop (between the TRAINING SECTION banners,
-with the checks at its step boundaries and the recovery from divergence), evaluating and saving,
-the end of a part; then how a part is set up (`Part`: everything the loop uses) and its helpers,
-in order of first use: the model and optimizer, the learning rate, and resuming and rolling back. The chapters
-of the stage live in training/ (its __init__.py says in which order to read them): each task's
-config, data and model (training/lm.py, asr.py, reg.py), the settings, finding the checkpoint to
-continue from, the time budget, divergence, the run's record, and several processes (torchrun).
+Read top to bottom: the command line, the training loop (between the TRAINING SECTION banners:
+a step trains its micro-batches piece by piece, then the checks at its boundary and the recovery
+from divergence), evaluating and saving, the end of a part; then how a part is set up (`Part`:
+everything the loop uses, in named steps), the model for training and the learning rate. The
+chapters of the stage live in training/ (its __init__.py says in which order to read them):
+signals.py (SIGTERM and Ctrl-C), tasks.py and each task's config, data and model (lm.py, asr.py,
+reg.py), the settings, finding the checkpoint to continue from, what a checkpoint holds of a part
+and loading it back (state.py), AdamW, the time budget, divergence, the run's record, running out
+of memory, and several processes (torchrun).
 """
 
 import time
 
 STARTED = time.time()  # the budget's clock: Python's own start-up before this line takes ~30 ms
 
-import signal  # noqa: E402
-
-# Installed before the slow imports below so that a SIGTERM at any moment, even while torch
-# loads, ends in a clean save at the next step boundary instead of a lost session. Where no step
-# boundary comes soon (setting up: tokenizing, checking a manifest; a step's forward and backward,
-# compilation included), `at_once` makes it raise Interrupted there and then (see signals_at_once).
-STOP = {"signal": None, "at_once": False}
-
-
-class Interrupted(BaseException):
-    """A SIGTERM/SIGINT acted on at once; a BaseException, so that no `except Exception` keeps it."""
-
-
-def request_stop(signum, frame):
-    if STOP["signal"] is not None and signum == signal.SIGINT:
-        raise KeyboardInterrupt  # a second Ctrl-C means "now"; the checkpoint files stay whole
-    STOP["signal"] = signal.Signals(signum).name
-    raise_at_once(signum, frame)
-
-
-def raise_at_once(signum, frame):
-    """An exception raised by a signal handler lands wherever the main thread is, and a few places
-    swallow it (an at-fork hook of `logging` while a tokenizer pool starts, a __del__): so it is
-    raised again every half second (SIGALRM) until it gets through and signals_at_once ends."""
-    if STOP["at_once"]:
-        if hasattr(signal, "setitimer"):
-            signal.signal(signal.SIGALRM, raise_at_once)
-            signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
-        raise Interrupted(STOP["signal"])
-
+# Installed before the slow imports below so that a SIGTERM at any moment, even while torch loads,
+# ends in a clean save at the next step boundary instead of a lost session (training/signals.py).
+from training import signals  # noqa: E402  (imports nothing heavy)
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    signals.install()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
 import sys  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import ckpt  # noqa: E402
 from data import DataError  # noqa: E402
-from training import TASKS, divergence  # noqa: E402
+from model.hf_weights import WeightsError  # noqa: E402
+from training import divergence  # noqa: E402
 from training.budget import TimeBudget, format_seconds  # noqa: E402
 from training.config import ConfigError, print_config, resolve_settings  # noqa: E402
 from training.devices import choose_device  # noqa: E402
 from training.discovery import choose_checkpoint  # noqa: E402
-from training.distributed import all_ranks, any_rank, from_rank0, gather, start_processes, sum_over_ranks  # noqa: E402
+from training.distributed import (all_ranks, any_rank, decided_on_rank0, from_rank0, gather,  # noqa: E402
+                                  start_processes, sum_over_ranks)
 from training.divergence import RollBackPoint  # noqa: E402
-from training.memory import OutOfMemory, plan_split, planned_pieces, probe_part, split_rows  # noqa: E402
-from training.record import (close_part, new_history, pack, plan, recent, record, unpack, write_metrics,  # noqa: E402
+from training.memory import OutOfMemory, pieces_for, probe_part, split_further, split_rows  # noqa: E402
+from training.optimizer import make_optimizer  # noqa: E402
+from training.record import (close_part, new_history, progress_line, recent, record, write_metrics,  # noqa: E402
                              write_plots)
+from training.signals import Interrupted, signals_at_once, stop  # noqa: E402
+from training.state import (Best, Position, header, random_seed_everything, restore, roll_back,  # noqa: E402
+                            roll_back_point_at_start, training_state)
+from training.tasks import TASKS  # noqa: E402
 
 COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
 
@@ -146,11 +125,10 @@ def parse_args(argv):
 
 def main(argv=None, started=None):
     """Run one part; returns the exit code. `started` (a time.time()) defaults to Python's start."""
-    started = STARTED if started is None else started
-    args, part = parse_args(argv), None
+    part = Part(parse_args(argv), STARTED if started is None else started)
     try:
         with signals_at_once():  # setting up has no step boundary to wait for
-            part = Part(args, started)
+            part.set_up()
         try:
             finish(part, train(part))
         except (Exception, Interrupted) as e:  # a fault or a signal mid-step: keep the last finished step
@@ -158,35 +136,18 @@ def main(argv=None, started=None):
             raise  # with its traceback (exit 1), unless it is one of those below
         return 0
     except Interrupted as e:
-        if part is None:  # nothing was written: a token file or manifest check being made is removed whole
-            start = f"from {args.resumed_from}" if getattr(args, "resumed_from", None) else "where this one would have"
+        if not part.ready:  # nothing was written: a token file or manifest check being made is removed whole
+            start = f"from {part.chosen.path}" if part.chosen is not None else "where this one would have"
             print(f"stopped: {e} while setting up, before this part's first step; nothing new to hand off, and "
                   f"the next part starts {start}")
         return 0
-    except (ConfigError, DataError, ckpt.CheckpointError) as e:
+    except (ConfigError, DataError, ckpt.CheckpointError, WeightsError) as e:  # one sentence each
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank raises it: say it once
             print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def signals_at_once(enabled=True):
-    """Within, a SIGTERM/SIGINT raises Interrupted at once (also one that came just before)."""
-    if not enabled:
-        yield
-        return
-    STOP["at_once"] = True
-    try:
-        if STOP["signal"] is not None:
-            raise Interrupted(STOP["signal"])
-        yield
-    finally:
-        STOP["at_once"] = False
-        if STOP["signal"] is not None and hasattr(signal, "setitimer"):
-            signal.setitimer(signal.ITIMER_REAL, 0)  # raise_at_once's repeats
 
 
 # ---------------------------------------------------------------- TRAINING SECTION BEGIN
@@ -196,10 +157,8 @@ def train(part):
     function of (seed, epoch), so a resumed part rebuilds it and continues at its position. A step
     takes the list's next `per_step` micro-batches (grad_accum x ranks), micro-batch i to rank
     i % world, so the same samples make the same step whatever the number of processes."""
-    cfg, position, ranks = part.cfg, part.position, part.ranks
+    position, ranks = part.position, part.ranks
     part.model.train()
-    part.bar = tqdm(total=part.total_steps, initial=position.global_step, unit="step", dynamic_ncols=True,
-                    mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, disable=not part.ranks.main)
     try:
         while position.epoch < part.total_epochs:
             epoch = position.epoch
@@ -212,15 +171,15 @@ def train(part):
                 t0 = time.monotonic()
                 if part.budget.first_step_at is None:  # where the run stands, and its step rate so far
                     part.budget.note_first_step()
-                    tqdm.write(plan(part.history, part.total_steps, position.global_step, part.args.budget_hours))
-                lr = learning_rate(position.global_step, cfg, part.steps_per_epoch) * divergence.lr_scale(part.history)
+                    tqdm.write(progress_line(part.history, part.total_steps, position.global_step, part.args.budget_hours))
+                lr = learning_rate(position.global_step, part.cfg, part.steps_per_epoch) * divergence.lr_scale(part.history)
                 size = min(part.per_step, len(batches) - position.batch_in_epoch)  # the step's, all ranks'
-                window = [next(stream) for _ in range(ranks.share(size))]
+                micro_batches = [next(stream) for _ in range(ranks.share(size))]
                 try:
-                    train_step(part, window, lr)
+                    train_step(part, micro_batches, lr)
                 except Interrupted:  # a signal in its forward and backward: nothing is applied yet
                     undo_step(part)
-                    return f"signal {STOP['signal']} (in step {position.global_step + 1}, undone)"
+                    return f"signal {stop.signal} (in step {position.global_step + 1}, undone)"
                 position.advance(size, len(batches))
                 part.updating = False
                 part.budget.observe_step(time.monotonic() - t0)
@@ -231,77 +190,95 @@ def train(part):
         part.bar.close()
 
 
-def train_step(part, window, lr):
-    """One optimizer step over an accumulation window of micro-batches `(inputs, count)`."""
+def train_step(part, micro_batches, lr):
+    """One optimizer step over this rank's micro-batches of the step, each `(inputs, units)`."""
     ranks, scaler, optimizer = part.ranks, part.scaler, part.optimizer
     for group in optimizer.param_groups:
         group["lr"] = lr
-    # Normalise by the units (tokens, CTC labels, rows) of the whole window, not per micro-batch, so a
-    # short final window or uneven batches weigh each unit the same. DDP averages the ranks'
-    # gradients, so dividing by the mean count over ranks weighs every unit of every rank the same too.
-    window_count = units = sum(count for _, count in window)
+    # Normalise by the units (tokens, CTC labels, rows) of the whole step, not per micro-batch, so a
+    # short final step or uneven batches weigh each unit the same. DDP averages the ranks'
+    # gradients, so dividing by the mean units over ranks weighs every unit of every rank the same too.
+    step_units = units = sum(count for _, count in micro_batches)
     if ranks.world > 1:
-        window_count = sum_over_ranks(ranks, [window_count])[0] / ranks.world
-    real = [(inputs, count) for inputs, count in window if inputs is not None]  # None: unreadable (asr)
-    if ranks.world > 1 and not real and part.last_inputs is not None:
-        # Nothing of this step is this rank's (an epoch's short last step, or only unreadable clips), but
-        # every rank joins the gradient exchange once a step: the previous micro-batch again, weighed 0.
-        real = [(part.last_inputs, 0)]
+        step_units = sum_over_ranks(ranks, [units])[0] / ranks.world
+    trained = with_stand_in(part, micro_batches)
     part.step_rng = (part.position.global_step, ckpt.capture_rng())
-    while True:
-        # Nothing is applied before the window's last backward, so a signal need not wait for the step's end
-        # (one process: several must all reach the gradient exchange).
-        with signals_at_once(ranks.world == 1):
-            window_loss, failed = forward_backward(part, real, window_count)
-        if failed is None:
-            break
-        # Out of memory in micro-batch `failed`: undo the attempt (its gradients and random draws), plan
-        # that micro-batch in more pieces (training/memory.py) and train the window again.
-        optimizer.zero_grad(set_to_none=True)
-        ckpt.restore_rng(part.step_rng[1])
-        if part.device.type == "cuda":
-            torch.cuda.empty_cache()
-        tqdm.write(plan_split(part.history, part.position.global_step + 1, failed, real[failed][0], part.device))
-    if ranks.world > 1 and real:
-        part.last_inputs = real[-1][0]
+    step_loss = forward_backward(part, trained, step_units)
+    if ranks.world > 1 and trained:
+        part.last_inputs = trained[-1][0]
     part.updating = True  # until the position moves on (train), the state is neither this step's nor the last
     grad_norm = None
     if part.cfg.grad_clip > 0 or scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(part.model.parameters(), part.cfg.grad_clip or math.inf)
-    part.watch.observe(window_loss, units, grad_norm)  # device ops only: read at the next check
+    part.watch.observe(step_loss, units, grad_norm)  # device ops only: read at the next check
     scaler.step(optimizer)  # skipped by the scaler if an fp16 gradient overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
 
 
-def forward_backward(part, real, window_count):
-    """Forward and backward of the window's micro-batches, each in the pieces the record plans for it
-    (1 unless it ran out of memory before); returns (the summed loss, None), or (None, i) when
-    micro-batch i ran out of memory (one process; with several it is OutOfMemory's sentence)."""
-    step, world = part.position.global_step + 1, part.ranks.world
-    window_loss = torch.zeros((), device=part.device)
-    for i, (inputs, count) in enumerate(real):
-        pieces = split_rows(inputs, planned_pieces(part.history, step, i))
-        for k, piece in enumerate(pieces):
-            # Gradients are exchanged between ranks once per step, after the last micro-batch.
-            exchange = world == 1 or (i == len(real) - 1 and k == len(pieces) - 1)
-            try:
-                with contextlib.nullcontext() if exchange else part.train_model.no_sync():
-                    with part.autocast():
-                        _, loss_sum = part.train_model(**piece)  # the loss summed over this piece's units
-                        if count == 0:  # the stand-in above: it only keeps this rank in the exchange
-                            loss_sum = loss_sum * 0.0
-                    part.scaler.scale(loss_sum / window_count).backward()
-            except torch.OutOfMemoryError:
-                if world > 1:  # the other ranks are on their way into the exchange: no going back alone
-                    raise OutOfMemory(f"out of memory at step {step} in micro-batch {i} on rank {part.ranks.rank}; "
-                                      f"with several processes a micro-batch is not split after the fact: "
-                                      f"--set probe_memory=true picks the pieces at the start, or lower "
-                                      f"batch_size and raise grad_accum") from None
-                return None, i  # leaving this frame frees what the failed attempt held
-            window_loss += loss_sum.detach()
-    return window_loss, None
+def with_stand_in(part, micro_batches):
+    """The micro-batches this rank trains: those with inputs (None: unreadable clips, asr). Under DDP
+    every rank joins the gradient exchange once a step, so a rank left with nothing (an epoch's short
+    last step, or only unreadable clips) trains a stand-in: its previous micro-batch again, weighed 0."""
+    real = [(inputs, count) for inputs, count in micro_batches if inputs is not None]
+    if part.ranks.world > 1 and not real and part.last_inputs is not None:
+        return [(part.last_inputs, 0)]
+    return real
+
+
+def forward_backward(part, micro_batches, step_units):
+    """The forward and backward of the step's micro-batches; returns the summed loss. A micro-batch that
+    runs out of memory is planned in more pieces (training/memory.py) and the step runs again, its
+    gradients and random draws undone first (one process; with several it is OutOfMemory's sentence)."""
+    step = part.position.global_step + 1
+    while True:
+        # Nothing is applied before the last backward, so a signal need not wait for the step's end
+        # (one process: several must all reach the gradient exchange).
+        with signals_at_once(part.ranks.world == 1):
+            step_loss, failed = train_pieces(part, pieces_of_step(part, micro_batches, step), step_units)
+        if failed is None:
+            return step_loss
+        part.optimizer.zero_grad(set_to_none=True)
+        ckpt.restore_rng(part.step_rng[1])
+        if part.device.type == "cuda":
+            torch.cuda.empty_cache()
+        tqdm.write(split_further(part.history, step, failed, micro_batches[failed][0], part.device))
+
+
+def pieces_of_step(part, micro_batches, step):
+    """(micro-batch index, inputs, weight) of every piece trained in step `step`: each micro-batch in the
+    pieces the record plans for it (1 unless it ran out of memory before); weight 0 for a stand-in."""
+    return [(i, piece, 0.0 if count == 0 else 1.0) for i, (inputs, count) in enumerate(micro_batches)
+            for piece in split_rows(inputs, pieces_for(part.history, step, i))]
+
+
+def train_pieces(part, pieces, step_units):
+    """Forward and backward of every piece; (the summed loss, None), or (None, i) when micro-batch i
+    ran out of memory: leaving this frame frees what the failed attempt held."""
+    step_loss = torch.zeros((), device=part.device)
+    for k, (i, inputs, weight) in enumerate(pieces):
+        exchange = part.ranks.world == 1 or k == len(pieces) - 1  # gradients cross ranks once, after the last
+        try:
+            step_loss += train_piece(part, inputs, weight, step_units, exchange)
+        except torch.OutOfMemoryError:
+            if part.ranks.world > 1:  # the other ranks are on their way into the exchange: no going back alone
+                raise OutOfMemory(f"out of memory at step {part.position.global_step + 1} in micro-batch {i} on rank "
+                                  f"{part.ranks.rank}; with several processes a micro-batch is not split after the "
+                                  f"fact: --set probe_memory=true picks the pieces at the start, or lower "
+                                  f"batch_size and raise grad_accum") from None
+            return None, i
+    return step_loss, None
+
+
+def train_piece(part, inputs, weight, step_units, exchange):
+    """Forward and backward of one piece; returns its loss, summed over its units and detached."""
+    with contextlib.nullcontext() if exchange else part.train_model.no_sync():
+        with part.autocast():
+            _, loss_sum = part.train_model(**inputs)
+            loss_sum = loss_sum * weight  # 0: a stand-in, which only keeps this rank in the exchange
+        part.scaler.scale(loss_sum / step_units).backward()
+    return loss_sum.detach()
 
 
 def undo_step(part):
@@ -315,10 +292,10 @@ def undo_step(part):
 def stop_reason(part):
     """Why the part stops at this step boundary, or None; every rank comes to the same answer."""
     position, cfg, args = part.position, part.cfg, part.args
-    if part.gave_up:
+    if part.divergence_advice:
         return "diverged"
-    if any_rank(part.ranks, STOP["signal"] is not None):
-        return f"signal {STOP['signal'] or 'on another process'}"
+    if any_rank(part.ranks, stop.signal is not None):
+        return f"signal {stop.signal or 'on another process'}"
     if args.max_steps is not None and position.global_step >= args.max_steps:
         return f"max steps {args.max_steps}"
     if cfg.part_epochs and position.epoch - part.start_epoch >= cfg.part_epochs:
@@ -340,30 +317,30 @@ def log_evaluate_save(part, lr, epoch):
     clock_due = any_rank(ranks, cfg.save_every_minutes and minutes >= cfg.save_every_minutes)
     if not (log_due or eval_due or save_due or clock_due):
         return
-    totals, trouble = check(part, scan_state=eval_due or save_due or clock_due)
-    if trouble and (log_due or eval_due or save_due):
+    totals, symptom = check(part, scan_state=eval_due or save_due or clock_due)
+    if symptom and (log_due or eval_due or save_due):
         # Only at steps counted in steps, never at a moment the wall clock chose, so that a resumed
         # run decides the same; a save the clock asked for waits until then.
-        return recover(part, trouble)
+        return recover(part, symptom)
     if log_due:
         log_training(part, totals, lr, epoch)
     if eval_due:
         evaluate_and_record(part, lr, epoch)
-    if (save_due or clock_due) and not trouble:
+    if (save_due or clock_due) and not symptom:
         save(part, ckpt.rolling_name(part.position.epoch, part.position.step_in_epoch, step))
         part.last_save = time.monotonic()
 
 
 def check(part, scan_state):
-    """(the sums since the last log, what is wrong or None), the same on every rank. With scan_state
-    every weight and AdamW moment is looked at too (before anything is written)."""
+    """(the sums since the last log, the symptom of divergence or None), the same on every rank. With
+    scan_state every weight and AdamW moment is looked at too (before anything is written)."""
     totals = part.watch.totals(lambda sums: sum_over_ranks(part.ranks, sums))
     scale = part.scaler.get_scale() if part.scaler.is_enabled() else None
-    trouble = divergence.problem(totals, recent(part.history, "train_loss", divergence.SPIKE_WINDOW), scale,
+    symptom = divergence.symptom(totals, recent(part.history, "train_loss", divergence.SPIKE_WINDOW), scale,
                                  part.cfg.spike_factor)
-    if trouble is None and scan_state:
-        trouble = divergence.state_problem(part.model, part.optimizer)
-    return totals, from_rank0(part.ranks, trouble)
+    if symptom is None and scan_state:
+        symptom = divergence.state_symptom(part.model, part.optimizer)
+    return totals, from_rank0(part.ranks, symptom)
 
 
 def log_training(part, totals, lr, epoch):
@@ -379,22 +356,23 @@ def log_training(part, totals, lr, epoch):
     part.bar.set_postfix(refresh=False, **postfix)
 
 
-def recover(part, trouble):
+def recover(part, symptom):
     """Roll back to the last good state; the data since it is skipped (the loader is already past it,
-    so the windows that led here are not seen again) and the learning rate is lowered. The event goes
+    so the steps that led here are not seen again) and the learning rate is lowered. The event goes
     into the record, which the checkpoint carries: a resumed run knows the rate and what was skipped."""
     step, good_step = part.position.global_step, part.good.step
     cfg, history = part.cfg, part.history
     repeats = divergence.streak(history, good_step)
     roll_back(part, part.good.load())
     history["recoveries"] = history.get("recoveries", []) + [
-        {"step": step, "part": part.args.part, "seen": trouble, "back_to": good_step,
+        {"step": step, "part": part.number, "seen": symptom, "back_to": good_step,
          "skipped_steps": [good_step + 1, step], "lr_factor": cfg.recover_lr_factor}]
     scale = divergence.lr_scale(history)
     if repeats >= cfg.max_recoveries:
-        part.gave_up = divergence.advice(repeats + 1, good_step, trouble, step, scale, cfg, part.scaler.is_enabled())
+        part.divergence_advice = divergence.advice(repeats + 1, good_step, symptom, step, scale, cfg,
+                                                   part.scaler.is_enabled())
         return
-    tqdm.write(f"step {step}: {trouble}; rolled back to step {good_step}, skipping the data of steps "
+    tqdm.write(f"step {step}: {symptom}; rolled back to step {good_step}, skipping the data of steps "
                f"{good_step + 1}-{step}; learning rate now {scale:g} x the plan (recovery {repeats + 1} of at most "
                f"{cfg.max_recoveries} from this state)")
 
@@ -413,7 +391,7 @@ def evaluate_and_record(part, lr, epoch):
         return
     record(part.history, steps=part.position.global_step, epochs=epoch, learning_rate=lr, **metrics)
     if part.ranks.main:
-        write_metrics(part.args.out, part.history)
+        write_metrics(part.run_folder, part.history)
     tqdm.write(f"step {part.position.global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
@@ -424,7 +402,7 @@ def evaluate(part):
     part.model.eval()
     # fork_rng: evaluation must not move the training RNG, or a run with more evaluations would differ.
     with torch.random.fork_rng(devices=[part.device] if part.device.type == "cuda" else []), part.autocast():
-        sums = part.task.evaluate(part.model, lambda: STOP["signal"] is None and part.budget.can_continue_eval())
+        sums = part.task.evaluate(part.model, lambda: stop.signal is None and part.budget.can_continue_eval())
     part.model.train()
     shares = gather(part.ranks, sums)
     part.budget.observe_eval(time.monotonic() - t0)
@@ -432,37 +410,9 @@ def evaluate(part):
         return None
     metrics = part.task.summarize({key: sum(share[key] for share in shares) for key in shares[0]})
     part.last_eval_step = step = part.position.global_step
-    value = metrics[part.task.best_metric]
-    if math.isfinite(value) and (part.best["value"] is None or value < part.best["value"]):  # lower is better
-        part.best.update(value=value, step=step)
+    if part.best.improves(metrics[part.best.metric], step):
         save_best(part, metrics)
     return metrics
-
-
-def header(part, kind):
-    """The checkpoint header: what discovery, resuming and inference read without the payload."""
-    position = part.position
-    return {"task": part.args.task, "kind": kind, "part": part.args.part, "epoch": position.epoch,
-            "step_in_epoch": position.step_in_epoch, "global_step": position.global_step,
-            "config": dataclasses.asdict(part.cfg), "model_config": dataclasses.asdict(part.model.config),
-            "task_meta": part.task.meta, "device": part.device.type, "amp": part.amp}
-
-
-def training_state(part, rng_states, good):
-    """Everything the next part needs to continue exactly (the RNG of every rank included), and the
-    state a divergence would roll back to (`good`: its step and file name, None if held in memory).
-    Resuming reads the position from `progress` (the header repeats it, so that discovery need not
-    read the payload); `sampler` and `scheduler` describe the data order and the learning-rate plan
-    for a reader of the file and are never read back: the order is a function of (seed, epoch) and
-    the learning rate one of the global step."""
-    position, cfg = part.position, part.cfg
-    return {"model": part.model.state_dict(), "optimizer": part.optimizer.state_dict(),
-            "scaler": part.scaler.state_dict() if part.scaler.is_enabled() else part.idle_scaler_state,
-            "scheduler": {"kind": "warmup_cosine_then_phase2", "last_lr": part.optimizer.param_groups[0]["lr"]},
-            "rng": rng_states, "progress": dataclasses.asdict(position), "best": dict(part.best),
-            "history": pack(part.history), "good": good, "watch": part.watch.state_dict(),
-            "sampler": {"seed": cfg.seed, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
-                        "batches_per_epoch": len(part.task.sampler)}}
 
 
 def save(part, name, final=False):
@@ -471,34 +421,37 @@ def save(part, name, final=False):
     when a periodic save found no room (the hand-off raises instead)."""
     t0 = time.monotonic()
     rng_states = gather(part.ranks, ckpt.capture_rng())
-    outcome, out = None, part.args.out
-    if part.ranks.main:
-        point = RollBackPoint(part.position.global_step, name) if not final else part.good
-        good = {"step": point.step, "file": os.path.basename(point.path) if point.path else None}
-        state = training_state(part, rng_states, good)
-        meta = {**header(part, "train"), "world_size": part.ranks.world, "batch_in_epoch": "all ranks",
-                "data_fingerprint": part.task.fingerprint}
-        path = os.path.join(out, name)
-        try:
-            ckpt.make_room(out, ckpt.state_bytes(state), part.cfg.keep_last)
-            outcome = ("ok", path, ckpt.write_file(path, state, meta))
-        except ckpt.CheckpointError as e:
-            outcome = ("error", str(e), 0)
-        if outcome[0] == "ok":
-            ckpt.write_text_atomic(os.path.join(out, ckpt.LATEST_NAME), name + "\n")
-            ckpt.prune(out, part.cfg.keep_last)
-            write_metrics(out, part.history)
-            write_plots(out, part.history)
-    outcome = from_rank0(part.ranks, outcome)  # also the barrier: nobody runs ahead of a save
-    if outcome[0] == "ok" and not final:  # written after a check found it sound: the new roll-back point
-        part.good = RollBackPoint(part.position.global_step, outcome[1])
-    part.budget.observe_save(time.monotonic() - t0)
-    if outcome[0] == "error":
+    try:  # the broadcast of rank 0's outcome is also the barrier: nobody runs ahead of a save
+        path, nbytes = decided_on_rank0(part.ranks, lambda: write_training_checkpoint(part, name, rng_states, final),
+                                        ckpt.CheckpointError)
+    except ckpt.CheckpointError as e:
         if final:
-            raise ckpt.CheckpointError(outcome[1])
-        tqdm.write(f"warning: {outcome[1]}; training goes on")
+            raise
+        tqdm.write(f"warning: {e}; training goes on")
         return None
-    return outcome[1], outcome[2]
+    finally:
+        part.budget.observe_save(time.monotonic() - t0)
+    if not final:  # written after a check found it sound: the new roll-back point
+        part.good = RollBackPoint(part.position.global_step, path)
+    return path, nbytes
+
+
+def write_training_checkpoint(part, name, rng_states, final):
+    """save's work on rank 0: the file, latest.txt, pruning, metrics.json and the plots; (path, bytes)."""
+    out = part.run_folder
+    point = RollBackPoint(part.position.global_step, name) if not final else part.good
+    good = {"step": point.step, "file": os.path.basename(point.path) if point.path else None}
+    state = training_state(part, rng_states, good)
+    meta = {**header(part, "train"), "world_size": part.ranks.world, "batch_in_epoch": "all ranks",
+            "data_fingerprint": part.task.fingerprint}
+    path = os.path.join(out, name)
+    ckpt.make_room(out, ckpt.state_bytes(state), part.cfg.keep_last)
+    nbytes = ckpt.write_file(path, state, meta)
+    ckpt.write_text_atomic(os.path.join(out, ckpt.LATEST_NAME), name + "\n")
+    ckpt.prune(out, part.cfg.keep_last)
+    write_metrics(out, part.history)
+    write_plots(out, part.history)
+    return path, nbytes
 
 
 def save_best(part, metrics):
@@ -507,8 +460,8 @@ def save_best(part, metrics):
         return
     try:
         state = {"model": part.model.state_dict()}
-        ckpt.make_room(part.args.out, ckpt.state_bytes(state), part.cfg.keep_last)
-        ckpt.write_file(os.path.join(part.args.out, ckpt.BEST_NAME), state, {**header(part, "weights"), "metrics": metrics})
+        ckpt.make_room(part.run_folder, ckpt.state_bytes(state), part.cfg.keep_last)
+        ckpt.write_file(os.path.join(part.run_folder, ckpt.BEST_NAME), state, {**header(part, "weights"), "metrics": metrics})
     except ckpt.CheckpointError as e:
         tqdm.write(f"warning: best model not saved: {e}")
 
@@ -518,35 +471,35 @@ def save_best(part, metrics):
 
 def finish(part, stop_reason):
     args = part.args
-    _, trouble = check(part, scan_state=True)  # the hand-off is checked like every other write
-    if trouble and stop_reason == "finished":  # the plan's end is a step count too: decide as at any check
-        recover(part, trouble)
-    elif trouble:  # a stop the clock or a signal chose: go back whole, so the next part replays from there
+    _, symptom = check(part, scan_state=True)  # the hand-off is checked like every other write
+    if symptom and stop_reason == "finished":  # the plan's end is a step count too: decide as at any check
+        recover(part, symptom)
+    elif symptom:  # a stop the clock or a signal chose: go back whole, so the next part replays from there
         roll_back(part, part.good.load(), whole=True)
-        print(f"note: {trouble} since the last check; the hand-off is the last good state (step {part.good.step}), "
+        print(f"note: {symptom} since the last check; the hand-off is the last good state (step {part.good.step}), "
               f"and the next part trains on from there and decides at the same step as an uninterrupted run")
     position = part.position
     if stop_reason == "finished" and part.last_eval_step != position.global_step:
         # the finished model's score, unless it was just evaluated
         evaluate_and_record(part, part.optimizer.param_groups[0]["lr"], position.epoch - 1)
-    close_part(part.history, args.part, position.global_step, time.time() - part.started, part.budget.spent["steps"])
-    path, nbytes = save(part, ckpt.handoff_name(args.part), final=True)
+    close_part(part.history, part.number, position.global_step, time.time() - part.started, part.budget.spent["steps"])
+    path, nbytes = save(part, ckpt.handoff_name(part.number), final=True)
     part.handed_off = path
     elapsed = time.time() - part.started
     print(f"\nstopped: {stop_reason} at global step {position.global_step} "
           f"(epoch {position.epoch}/{part.total_epochs}) after {format_seconds(elapsed)}")
     print(part.budget.summary(elapsed))
-    print(plan(part.history, part.total_steps, position.global_step, args.budget_hours))
+    print(progress_line(part.history, part.total_steps, position.global_step, args.budget_hours))
     scale = part.scaler.get_scale() if part.scaler.is_enabled() else None
-    print(divergence.report(part.history, args.part, part.watch.skipped_total, scale), end="")
-    if part.gave_up:
-        print(f"stopped because {part.gave_up}", file=sys.stderr)
-    if part.best["value"] is not None:
-        print(f"best {part.best['metric']} {part.best['value']:.4f} at step {part.best['step']}: "
-              f"{os.path.join(args.out, ckpt.BEST_NAME)}")
+    print(divergence.report(part.history, part.number, part.watch.skipped_total, scale), end="")
+    if part.divergence_advice:
+        print(f"stopped because {part.divergence_advice}", file=sys.stderr)
+    if part.best.value is not None:
+        print(f"best {part.best.metric} {part.best.value:.4f} at step {part.best.step}: "
+              f"{os.path.join(part.run_folder, ckpt.BEST_NAME)}")
     print(f"baton: {path} ({ckpt.file_size_text(nbytes)})")
     if stop_reason == "finished":
-        print(f"training is complete. Predict with:\n  {COMMANDS['infer']} --task {args.task} --ckpt {args.out}")
+        print(f"training is complete. Predict with:\n  {COMMANDS['infer']} --task {args.task} --ckpt {part.run_folder}")
     else:
         print(f"next: {next_command(part)}")
     if args.kaggle:
@@ -558,11 +511,11 @@ def finish(part, stop_reason):
 def next_command(part):
     """The command that continues the run in the next session."""
     args, world = part.args, part.ranks.world
-    out_flag = "" if args.out == os.path.join(".", "runs", args.task) else f" --out {args.out}"
+    out_flag = "" if part.run_folder == os.path.join(".", "runs", args.task) else f" --out {part.run_folder}"
     launcher = COMMANDS["train"] if world == 1 else \
         COMMANDS["train"].replace("python ", f"torchrun --nproc_per_node {world} ", 1)
     hours = f" --budget-hours {args.budget_hours:g}" if args.budget_hours else ""
-    return f"{launcher} --task {args.task} --part {args.part + 1}{hours}{out_flag}"
+    return f"{launcher} --task {args.task} --part {part.number + 1}{hours}{out_flag}"
 
 
 def hand_off_after_fault(part, error):
@@ -575,21 +528,21 @@ def hand_off_after_fault(part, error):
     newest = part.good.path or f"none yet: the part began at step {part.good.step} without a checkpoint to resume"
     if part.ranks.world > 1:
         print(f"{what} at step {step + 1} on one of {part.ranks.world} processes, the others not at a step boundary: "
-              f"no hand-off is written; the next part resumes from the newest checkpoint in {part.args.out}")
+              f"no hand-off is written; the next part resumes from the newest checkpoint in {part.run_folder}")
         return
     if part.updating:
         print(f"{what} during the optimizer update of step {step + 1}: the weights are half updated, so no hand-off "
               f"is written; the newest good checkpoint is {newest}")
         return
     undo_step(part)
-    _, trouble = check(part, scan_state=True)
-    if trouble:
-        print(f"{what} at step {step + 1}, and the state before it is not sound ({trouble}): no hand-off is "
+    _, symptom = check(part, scan_state=True)
+    if symptom:
+        print(f"{what} at step {step + 1}, and the state before it is not sound ({symptom}): no hand-off is "
               f"written; the newest good checkpoint is {newest}")
         return
     try:
-        close_part(part.history, part.args.part, step, time.time() - part.started, part.budget.spent["steps"])
-        path, _ = save(part, ckpt.handoff_name(part.args.part), final=True)
+        close_part(part.history, part.number, step, time.time() - part.started, part.budget.spent["steps"])
+        path, _ = save(part, ckpt.handoff_name(part.number), final=True)
     except Exception as e:  # the first error is the one to see; this one is said
         print(f"{what} at step {step + 1}, and the hand-off could not be written ({type(e).__name__}: {e})")
         return
@@ -606,76 +559,112 @@ class Part:
     moves it forward; `save` writes it to a checkpoint and `Part(...)` of the next session reads it back."""
 
     def __init__(self, args, started):
-        self.args, self.started = args, started
+        self.args, self.started = args, started  # args stay as parsed: what a part decides is kept here
         self.budget = TimeBudget(args.budget_hours, started)
+        self.run_folder = args.out
+        self.number = args.part  # this part's number ("auto" until the checkpoint to continue is chosen)
+        self.chosen = None       # the checkpoint it continues from (or a weights-only/.pt file it starts from)
+        self.ready = False       # set up: the loop may run
+        self.handed_off = None   # the hand-off's path, once written
+
+    def set_up(self):
+        """In this order: the random draws of the initial weights and of every rank follow from it."""
+        self.join_processes()
+        self.choose_checkpoint()
+        self.settle_config()
+        self.build_model_and_optimizer()
+        self.plan_steps()
+        self.resume()
+        self.check_budget()
+        self.bar = tqdm(total=self.total_steps, initial=self.position.global_step, unit="step", dynamic_ncols=True,
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, disable=not self.ranks.main)
+        self.ready = True
+
+    def join_processes(self):
+        """torchrun's ranks, the device and precision, the run folder."""
+        args = self.args
         self.ranks = start_processes(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if not self.ranks.main:  # one log: rank 0 speaks for all (errors still reach stderr)
             sys.stdout = open(os.devnull, "w")
-        self.device, amp = choose_device(args)
-        self.amp = amp  # recorded in every checkpoint, with the device type
+        self.device, self.amp = choose_device(args)  # the amp is recorded in every checkpoint, with the device type
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.amp)
         try:
-            os.makedirs(args.out, exist_ok=True)
+            os.makedirs(self.run_folder, exist_ok=True)
         except OSError as e:  # a file of that name, or a place nobody may write to
-            raise ConfigError(f"--out {args.out} cannot be the run folder ({e.strerror or e}); give a folder "
+            raise ConfigError(f"--out {self.run_folder} cannot be the run folder ({e.strerror or e}); give a folder "
                               f"that can be created and written") from None
         if self.ranks.main:
-            ckpt.remove_stale_temp_files(args.out)
-        saved, args.part = choose_checkpoint(args, self.ranks)
-        args.resumed_from = saved.path if saved is not None else None  # for a stop while setting up (main)
-        resumable = saved if saved is not None and saved.is_training else None  # not a weights-only or .pt file
-        self.cfg = cfg = keep_global_batch(resolve_config(args, resumable), args, resumable, self.ranks.world)
-        print_config(cfg)
+            ckpt.remove_stale_temp_files(self.run_folder)
 
+    def choose_checkpoint(self):
+        """The file to continue from (training/discovery.py) and so this part's number."""
+        self.chosen, self.number = choose_checkpoint(self.args, self.ranks)
+        is_training = self.chosen is not None and self.chosen.is_training
+        self.resumed = self.chosen if is_training else None  # not a weights-only or .pt file
+
+    def settle_config(self):
+        """Defaults or the checkpoint's config, --set, the world size and the machine: printed, then fixed."""
+        cfg = keep_global_batch(resolve_config(self.args, self.resumed), self.args, self.resumed, self.ranks.world)
+        self.cfg = cfg.resolved(self.resumed)
+        print_config(self.cfg)
+
+    def build_model_and_optimizer(self):
+        cfg, ranks = self.cfg, self.ranks
         random_seed_everything(cfg.seed)  # the same initial weights on every rank
         # The task's model, and the task object: its batches, evaluation and metrics (training/__init__.py).
-        self.model, self.task = TASKS[args.task].build(cfg, self.device, self.ranks.rank, self.ranks.world,
-                                                       resumable, args.out)
+        self.model, self.task = TASKS[self.args.task].build(cfg, self.device, ranks.rank, ranks.world, self.resumed,
+                                                            self.run_folder)
         self.model.gradient_checkpointing = cfg.grad_checkpointing
         self.model.to(self.device)
-        if self.ranks.world > 1:
-            random_seed_everything(cfg.seed + 1000 * self.ranks.rank)  # but each rank its own dropout and masks
-        self.train_model = wrap_for_training(self.model, cfg, self.ranks, self.device)
+        if ranks.world > 1:
+            random_seed_everything(cfg.seed + 1000 * ranks.rank)  # but each rank its own dropout and masks
+        self.train_model = wrap_for_training(self.model, cfg, ranks, self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.idle_scaler_state = {}  # an earlier fp16 part's loss scale, kept while this part runs without one
-        self.watch = divergence.Watch(self.device, fp16=amp == "fp16")
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-        self.per_step = cfg.grad_accum * self.ranks.world  # micro-batches of all ranks per optimizer step
+        self.watch = divergence.Watch(self.device, fp16=self.amp == "fp16")
+
+    def plan_steps(self):
+        cfg, world = self.cfg, self.ranks.world
+        self.per_step = cfg.grad_accum * world  # micro-batches of all ranks per optimizer step
         self.steps_per_epoch = math.ceil(len(self.task.sampler) / self.per_step)
         self.total_epochs = cfg.epochs + cfg.phase2_epochs
         self.total_steps = self.total_epochs * self.steps_per_epoch
-        processes = f" x {self.ranks.world} processes" if self.ranks.world > 1 else ""
+        processes = f" x {world} processes" if world > 1 else ""
         print(f"model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters on {self.device}"
-              f"{processes} (amp {amp}); {self.steps_per_epoch} steps/epoch, {self.total_steps} planned steps")
+              f"{processes} (amp {self.amp}); {self.steps_per_epoch} steps/epoch, {self.total_steps} planned steps")
 
+    def resume(self):
+        """Where training stands: from the chosen checkpoint, or the start; and what the loop keeps."""
         self.position = Position()
-        self.best = {"metric": self.task.best_metric, "value": None, "step": None}
+        self.best = Best(self.task.best_metric)
         self.history = new_history()
-        if saved is not None:
-            restore(self, saved)
+        if self.chosen is not None:
+            restore(self, self.chosen)
         # What a divergence rolls back to (see recover): the newest finite training checkpoint, or a copy
         # in memory of the state this part starts from until it has written one.
-        self.good = roll_back_point_at_start(self, saved)
-        self.gave_up = None  # why the part stops after repeated divergence
-        self.history["parts"].append({"part": args.part, "start_step": self.position.global_step})
+        self.good = roll_back_point_at_start(self, self.chosen)
+        self.divergence_advice = None  # once divergence repeats: why the part stops, and what to try
+        self.history["parts"].append({"part": self.number, "start_step": self.position.global_step})
         self.start_epoch = self.position.epoch
         self.last_eval_step = None
         self.last_save = time.monotonic()
         self.last_inputs = None  # the previous micro-batch, for train_step's stand-in under DDP
         self.step_rng = None  # (global step, the RNG as that step began): what a failed step is undone to
         self.updating = False  # between a step's first change to the weights and its position's move
-        self.handed_off = None  # the hand-off's path, once written
-        if cfg.probe_memory:  # the pieces every micro-batch is trained in (training/memory.py)
+        if self.cfg.probe_memory:  # the pieces every micro-batch is trained in (training/memory.py)
             print(probe_part(self))
 
+    def check_budget(self):
+        """The final save must fit in what is left after start-up, with room for a step."""
         if self.budget.deadline is not None:  # weights + AdamW's two moments dominate the file
             # Tied weights count twice here (the file stores them once): the estimate errs on the safe side.
             nbytes = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-            seconds = ckpt.estimate_write_seconds(args.out, nbytes) if self.ranks.main else None
+            seconds = ckpt.estimate_write_seconds(self.run_folder, nbytes) if self.ranks.main else None
             self.budget.expect_save(from_rank0(self.ranks, seconds))
-        if not all_ranks(self.ranks, self.budget.room_for_step() or STOP["signal"]):
-            raise ConfigError(f"--budget-hours {args.budget_hours:g} is too small: start-up took "
-                              f"{time.time() - started:.0f} s and the final save needs more than the "
+        if not all_ranks(self.ranks, self.budget.room_for_step() or stop.signal):
+            raise ConfigError(f"--budget-hours {self.args.budget_hours:g} is too small: start-up took "
+                              f"{time.time() - self.started:.0f} s and the final save needs more than the "
                               f"{max(self.budget.left(), 0):.0f} s left; give the part more time")
 
     def autocast(self):
@@ -723,37 +712,6 @@ def wrap_for_training(model, cfg, ranks, device):
     return torch.compile(train_model) if cfg.compile else train_model
 
 
-def make_optimizer(model, cfg, device):
-    # Weight decay on matrices only: decaying biases and norm gains just fights the data.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel does the whole update in one launch on CUDA; foreach elsewhere (on CPU it gives
-    # the same bits as the plain loop). `adamw=fused` on a CPU runs the CUDA path's code on a CPU.
-    kind = cfg.adamw if cfg.adamw != "auto" else ("fused" if device.type == "cuda" else "foreach")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=kind == "fused",
-                             foreach=kind == "foreach")
-
-
-OPTIMIZER_FLAGS = ("fused", "foreach", "capturable", "differentiable")  # how AdamW runs, not what it learned
-
-
-def load_optimizer_state(optimizer, state):
-    """Load AdamW's moments and step counts, keeping this run's implementation flags: a file written on
-    a CPU (foreach) says nothing about how a GPU part must run, and load_state_dict would otherwise
-    take the file's flags with the param groups (the fused GPU step then meets CPU step counts, and
-    the GradScaler a fused optimizer that is not)."""
-    own = [{flag: group[flag] for flag in OPTIMIZER_FLAGS if flag in group} for group in optimizer.param_groups]
-    groups = [{**saved, **flags} for saved, flags in zip(state["param_groups"], own)]
-    optimizer.load_state_dict({**state, "param_groups": groups + state["param_groups"][len(groups):]})
-
-
-def random_seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # -----------------------------------------------------------------------------
 # The learning rate: a pure function of the global step, so resuming needs no scheduler state
 
@@ -768,125 +726,6 @@ def learning_rate(step, cfg, steps_per_epoch):
     progress = (step - cfg.warmup_steps) / max(1, phase1 - cfg.warmup_steps)
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-# -----------------------------------------------------------------------------
-# Resuming: which checkpoint, and loading it into the part
-
-
-@dataclasses.dataclass
-class Position:
-    """Where training stands, saved as the checkpoint's `progress`."""
-    epoch: int = 0                # completed epochs
-    batch_in_epoch: int = 0       # micro-batches of this epoch already trained on
-    step_in_epoch: int = 0        # optimizer steps into this epoch
-    global_step: int = 0          # optimizer steps of the whole run, all parts
-
-    def advance(self, micro_batches, batches_per_epoch):
-        """One optimizer step over `micro_batches`; the last one of an epoch moves to the next epoch."""
-        self.global_step += 1
-        self.step_in_epoch += 1
-        self.batch_in_epoch += micro_batches
-        if self.batch_in_epoch >= batches_per_epoch:
-            self.epoch, self.batch_in_epoch, self.step_in_epoch = self.epoch + 1, 0, 0
-
-
-def restore(part, saved):
-    """Load a checkpoint into the part: weights, optimizer, scaler, position, record, RNG."""
-    ckpt.check_compatible(saved, part.model.state_dict())
-    if not saved.is_training:
-        part.model.load_state_dict(saved.state["model"])
-        return initialise_from(part, saved)
-    try:  # the whole state, as a roll-back loads it; the RNG last, after all that draws from it is built
-        roll_back(part, saved.state, whole=True)
-    except ValueError as e:  # from the optimizer's load
-        raise ConfigError(f"the optimizer state in {saved.path} does not fit this run's trainable parameters ({e}); "
-                          f"was freeze_feature_encoder changed?") from None
-    if saved.meta.get("data_fingerprint") != part.task.fingerprint:
-        print("warning: the training data differs from the checkpoint's; the data order will differ")
-    position, saved_world = part.position, saved.meta.get("world_size", 1)
-    if saved_world > 1 and saved.meta.get("batch_in_epoch") != "all ranks":
-        position.batch_in_epoch *= saved_world  # an older file counted one rank's micro-batches
-    note_setup_change(part, saved)
-    print(f"resumed from {saved.path}: epoch {position.epoch}, step {position.step_in_epoch} "
-          f"in epoch, global step {position.global_step}")
-
-
-def note_setup_change(part, saved):
-    """One line when the device or precision differs from the checkpoint's: the run goes on, but is
-    bit-identical to an uninterrupted one only on the same device, precision and software."""
-    before, now = (saved.meta.get("device"), saved.meta.get("amp")), (part.device.type, part.amp)
-    if before[1] is None or before == now:  # files before Baton recorded them say nothing
-        return
-    kept = " (its fp16 loss scale is kept in the checkpoint for a later fp16 part)" if part.idle_scaler_state else ""
-    print(f"note: {saved.path} was trained on {before[0]} with amp {before[1]} and this part runs on {now[0]} with "
-          f"amp {now[1]}{kept}: the same run, equal up to float rounding, not bit for bit")
-
-
-def restore_rng_of_rank(part, rng):
-    """Every rank's RNG is in the file (one state per rank); a rank the file did not have gets a seed."""
-    states = rng if isinstance(rng, list) else [rng]
-    if part.ranks.rank < len(states):
-        ckpt.restore_rng(states[part.ranks.rank])
-    else:
-        random_seed_everything(part.cfg.seed + 1000 * part.ranks.rank + part.position.global_step)
-
-
-def roll_back_point_at_start(part, saved):
-    """What to roll back to until this part's first save: the training checkpoint it resumed from, or
-    the good state which that hand-off names (where an uninterrupted run would go back to) if it lies
-    beside it; else a copy in host memory of the state the part starts from."""
-    if saved is not None and saved.is_training:
-        named = saved.state.get("good") or {}
-        beside = os.path.join(os.path.dirname(saved.path), named.get("file") or "")
-        if named.get("file") and os.path.isfile(beside):
-            return RollBackPoint(named["step"], beside)
-        return RollBackPoint(part.position.global_step, saved.path)
-    rng_states = gather(part.ranks, ckpt.capture_rng())
-    return RollBackPoint(part.position.global_step, state=divergence.host_copy(training_state(part, rng_states, None)))
-
-
-def roll_back(part, state, whole=False):
-    """Load a good state's weights, AdamW moments and loss scale; with `whole`, its position, record,
-    the sums since its last log and RNG too, as if the steps since had never run (also how a part
-    resumes: restore)."""
-    part.model.load_state_dict(state["model"])
-    load_optimizer_state(part.optimizer, state["optimizer"])
-    if state.get("scaler") and part.scaler.is_enabled():
-        part.scaler.load_state_dict(state["scaler"])
-    elif state.get("scaler"):  # kept for a later fp16 part, which goes on with this loss scale
-        part.idle_scaler_state = dict(state["scaler"])
-    part.watch.reset()
-    if whole:
-        part.position = Position(**state["progress"])
-        part.best, part.history = dict(state["best"]), unpack(state["history"])
-        if state.get("watch"):
-            part.watch.load_state_dict(state["watch"])
-        restore_rng_of_rank(part, state["rng"])
-
-
-def initialise_from(part, saved):
-    """A weights-only or legacy file: what it has, and a note of what it lacks."""
-    carried, lost = ["model weights"], ["RNG state (not in the file)"]
-    if saved.state.get("optimizer"):
-        try:
-            load_optimizer_state(part.optimizer, saved.state["optimizer"])
-            carried.append("optimizer moments")
-        except (ValueError, KeyError) as e:
-            lost.append(f"optimizer state (it does not fit this model: {e})")
-    if saved.state.get("scheduler"):
-        lost.append("scheduler state (Baton's learning rate is a function of the global step)")
-    # The global step is the one unambiguous counter (files disagree on whether `epoch` counts from
-    # 0 or 1, and whether `step` counts batches or optimizer steps): the position follows from it.
-    step, per_epoch = int(saved.meta.get("global_step") or 0), part.steps_per_epoch
-    part.position = Position(epoch=step // per_epoch, batch_in_epoch=(step % per_epoch) * part.cfg.grad_accum,
-                             step_in_epoch=step % per_epoch, global_step=step)
-    if step:
-        lost.append(f"the file's data order (continuing in Baton's order at epoch {part.position.epoch}, "
-                    f"step {part.position.step_in_epoch}; the file said epoch {saved.meta.get('epoch')}, "
-                    f"step {saved.meta.get('step_in_epoch')})")
-    print(f"initialised from {saved.path} at global step {step}: carried {', '.join(carried)}; "
-          f"not carried: {'; '.join(lost)}")
 
 
 if __name__ == "__main__":

@@ -82,11 +82,11 @@ def time_alone(model_args):
     optimizer.step()
     t0 = time.perf_counter()
     for _ in range(200):
-        divergence.problem(watch.totals(lambda s: s.tolist()), [2.0] * 10, None, 3.0)
+        divergence.symptom(watch.totals(lambda s: s.tolist()), [2.0] * 10, None, 3.0)
     check_ms = (time.perf_counter() - t0) / 200 * 1e3
     t0 = time.perf_counter()
     for _ in range(20):
-        divergence.state_problem(model, optimizer)
+        divergence.state_symptom(model, optimizer)
     scan_ms = (time.perf_counter() - t0) / 20 * 1e3
     return observe_us, check_ms, scan_ms, sum(p.numel() for p in model.parameters())
 

@@ -8,8 +8,9 @@ pads a batch and carries the true lengths with it. Transcripts become CTC labels
 data/transcripts.py's `CharVocab`.
 
 Checking a large manifest (reading it, a stat per clip) costs ~10 s at Bengali.AI's ~960k clips,
-the same for every part of a run; `manifest_check` keeps the outcome in the run folder
-(manifest_cache.npz) and later parts load it instead, to the same items in the same order.
+the same for every part of a run; `reuse_or_check_manifest` keeps the outcome in the run folder
+(manifest_cache.npz) and later parts load it instead, to the same items in the same order
+(training/reuse.py says where a part looks for it, and which process writes it).
 
 Nothing here is random: augmentation, if any, belongs to the model, so the data a step sees
 depends only on the sampler's order.
@@ -32,7 +33,7 @@ import xxhash
 import ckpt
 from data import DataError, held_out
 from data.manifest import AUDIO_SUFFIXES, EMBEDDED, Strings, Utterances, read_columns, read_manifest
-from data.transcripts import BOS, DELIM, EOS, PAD, UNK, CharVocab, normalize_text
+from data.transcripts import BOS, DELIM, EOS, PAD, UNK, CharVocab, Normalizer, normalize_text
 
 SAMPLE_RATE = 16_000  # what every wav2vec2 checkpoint was trained on
 
@@ -109,7 +110,7 @@ class AudioDataset(torch.utils.data.Dataset):
     given, file missing, header unreadable, longer than max_seconds); failures are dropped and
     counted in `self.report`. `self.items` are the kept utterances and `self.lengths` their lengths
     in 16 kHz samples (for length-grouped batches). `texts`, if given, are the sentences normalised
-    with the vocab's `keep` already (the manifest check has them: it built the vocabulary from them).
+    as the vocab does already (the manifest check has them: it built the vocabulary from them).
 
     Reading every header costs ~0.15 ms per MP3 with a warm page cache, so a few minutes for the
     ~960k clips of Bengali.AI, and much more on a cold network disk. Above `header_limit` clips
@@ -119,7 +120,7 @@ class AudioDataset(torch.utils.data.Dataset):
     __getitem__ with `bad` set, and `collate` drops them, so training goes on.
 
     Even one stat per clip is ~10 s at a million clips on a network disk, so the outcome of the
-    check (kept items, lengths, report) is what `manifest_check` keeps in its cache for later
+    check (kept items, lengths, report) is what `reuse_or_check_manifest` keeps in its cache for later
     parts, which build the dataset with `AudioDataset.checked` and touch no file.
 
     cache=True decodes every clip once here and keeps it in memory (the embedded sample is 47 MB
@@ -131,7 +132,7 @@ class AudioDataset(torch.utils.data.Dataset):
         paths = utterances.paths() if is_columns else [u.path for u in utterances]
         if vocab is not None and texts is None:
             sentences = utterances.column("sentence") if is_columns else [u.sentence for u in utterances]
-            texts = [normalize_text(s or "", vocab.keep) for s in sentences]
+            texts = [normalize_text(s or "", vocab.keep, vocab.normalizer) for s in sentences]
         estimated = len(paths) > header_limit and not cache
         counts = {"missing files": 0, "unreadable": 0, "empty sentences": 0}
         first = {}  # the first path of each cause, for a message that shows one
@@ -312,11 +313,11 @@ def collate(items):
 # A part of a run reads the manifest, splits it, builds the vocabulary and checks every clip.
 # At Bengali.AI's ~960k rows that was most of the 20-35 s before a part's first step, and every
 # part did it again for the same answer. The answer depends only on the CSV's bytes and the
-# settings below (`_cache_key`), so rank 0 writes it to CACHE_NAME in the run folder, and a later
-# part that finds it (in its own folder, or beside the checkpoint it resumes: on Kaggle part 2's
-# output folder starts empty and part 1's output is attached read-only elsewhere) loads it
-# instead. The audio files are assumed unchanged; one that went bad since is still caught when
-# it is loaded (__getitem__ flags it, collate drops it).
+# settings below (`_cache_key`), so one process writes it to CACHE_NAME in the run folder, and a
+# later part that finds it (in its own folder, or beside the checkpoint it resumes: on Kaggle part
+# 2's output folder starts empty and part 1's output is attached read-only elsewhere; where a part
+# looks is training/reuse.py's rule) loads it instead. The audio files are assumed unchanged; one
+# that went bad since is still caught when it is loaded (__getitem__ flags it, collate drops it).
 #
 # The format is NumPy's .npz (a zip of .npy arrays, read with allow_pickle=False, so loading it
 # runs no code): the packed string columns of the kept training clips and of the validation
@@ -343,15 +344,18 @@ class ManifestCheck:
     audio: list = None  # decoded training clips when the manifest is small (never cached)
 
 
-def check_manifest(csv_path, cfg, vocab=None):
-    """The costly path: read the whole manifest, split it, build the vocabulary unless given, check every clip."""
+def check_manifest(csv_path, cfg, vocab=None, normalizer=None):
+    """The costly path, every clip checked now: read the whole manifest, split it, build the vocabulary
+    unless given (`vocab`: token -> id, a resumed run's), check every clip. Transcripts are normalised
+    with `normalizer` (a `Normalizer`; None is NFC alone)."""
     manifest = read_columns(csv_path, require_text=True, split=None)
     train_mask, val_mask = split_masks(manifest, csv_path, cfg)
     train = manifest.subset(train_mask)
+    vocab = CharVocab(vocab, normalizer) if vocab is not None else None
     # Normalised once, for both the vocabulary and the empty-sentence check (a vocabulary built
     # here keeps no punctuation, so both want the same text).
-    texts = [normalize_text(s, vocab.keep if vocab else None) for s in train.column("sentence")]
-    vocab = vocab or CharVocab.of_texts(texts)
+    texts = [normalize_text(s, vocab.keep if vocab else None, normalizer) for s in train.column("sentence")]
+    vocab = vocab or CharVocab.of_texts(texts, normalizer)
     small = len(manifest) <= IN_MEMORY_CLIPS
     clips = AudioDataset(train, vocab, max_seconds=cfg.max_seconds, cache=small, header_limit=HEADER_LIMIT, texts=texts)
     if len(clips) == 0:  # before the sampler, which cannot serve nothing; the partly bad are dropped and counted
@@ -412,33 +416,32 @@ def training_csv(path):
     raise DataError(f"{path} is not a training manifest; give a CSV or a Bengali.AI folder")
 
 
-def manifest_check(cfg, vocab=None, workdir=None, saved=None, rank=0):
-    """The manifest's check: loaded from a cache that fits (in `workdir`, else beside the
-    checkpoint `saved`), or made (and cached in `workdir` by rank 0)."""
+def reuse_or_check_manifest(cfg, vocab=None, normalizer=None, folders=(), write_into=None):
+    """The manifest's check, as check_manifest makes it: loaded from the first cache that fits in
+    `folders` (looked in, in order), else made. The check is written to `write_into` (a folder, or
+    None: not written): made, copied from another folder, or in place of a damaged one there."""
     csv_path = training_csv(cfg.data)
-    if workdir is None:
-        return check_manifest(csv_path, cfg, vocab)
-    key = _cache_key(csv_path, cfg)
-    mine = os.path.join(workdir, CACHE_NAME)
-    places = [mine] + ([os.path.join(os.path.dirname(os.path.abspath(saved.path)), CACHE_NAME)]
-                       if getattr(saved, "path", None) else [])
+    normalizer = normalizer or Normalizer()
+    key = _cache_key(csv_path, cfg, normalizer)
+    mine = os.path.join(write_into, CACHE_NAME) if write_into else None
+    places = (os.path.join(folder, CACHE_NAME) for folder in folders if folder is not None)
     for path in dict.fromkeys(os.path.realpath(p) for p in places if os.path.isfile(p)):
-        found, problem = _usable_cache(path, key, vocab, os.path.dirname(os.path.abspath(csv_path)))
+        found, problem = _usable_cache(path, key, vocab, normalizer, os.path.dirname(os.path.abspath(csv_path)))
         if found is not None:
             print(f"data: the manifest check of an earlier part is reused ({path}): no clip is checked again")
-            if rank == 0 and path != os.path.realpath(mine):  # so the next part finds it beside this part's checkpoints
+            if mine and path != os.path.realpath(mine):  # so the next part finds it beside this part's checkpoints
                 _write_atomic(mine, lambda f: _copy_into(path, f))
             return found
         print(f"data: {problem} ({path}); it is checked again")
-        if rank == 0 and path == os.path.realpath(mine):
+        if mine and path == os.path.realpath(mine):
             _remove(mine)
-    check = check_manifest(csv_path, cfg, vocab)
-    if rank == 0 and check.audio is None:
+    check = check_manifest(csv_path, cfg, vocab, normalizer)
+    if mine and check.audio is None:
         _write_atomic(mine, lambda f: _save_check(f, check, key))
     return check
 
 
-def _cache_key(csv_path, cfg):
+def _cache_key(csv_path, cfg, normalizer):
     """What the check depends on besides the vocabulary: the CSV's bytes and the settings that decide what is kept."""
     digest = xxhash.xxh3_64()
     with open(csv_path, "rb") as f:  # ~0.05 s for Bengali.AI's 100 MB train.csv
@@ -447,13 +450,13 @@ def _cache_key(csv_path, cfg):
     return {"format": CACHE_FORMAT, "manifest": f"{os.path.getsize(csv_path)} bytes, xxh3 {digest.hexdigest()}",
             "max_seconds": cfg.max_seconds, "val_fraction": cfg.val_fraction, "eval_max_clips": cfg.eval_max_clips,
             "header_limit": HEADER_LIMIT, "in_memory_clips": IN_MEMORY_CLIPS,
-            "normalizer": getattr(cfg, "normalizer", "nfc")}
+            "normalizer": normalizer.name}
 
 
-def _usable_cache(path, key, vocab, folder):
+def _usable_cache(path, key, vocab, normalizer, folder):
     """(the cached check, None) when the cache at `path` reads and fits; else (None, why not)."""
     try:
-        check, cached_key = _load_check(path, folder)
+        check, cached_key = _load_check(path, normalizer, folder)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, DataError) as e:
         return None, f"the manifest cache is damaged ({type(e).__name__}: {e})"
     if cached_key.get("manifest") != key["manifest"]:
@@ -461,7 +464,7 @@ def _usable_cache(path, key, vocab, folder):
     changed = [k for k in key if cached_key.get(k) != key[k]]
     if changed:
         return None, f"{', '.join(changed)} changed since the manifest cache was made"
-    if vocab is not None and vocab.to_dict() != check.vocab.to_dict():
+    if vocab is not None and CharVocab(vocab).to_dict() != check.vocab.to_dict():
         return None, "the checkpoint's vocabulary is not the one the manifest cache was made with"
     return check, None
 
@@ -478,9 +481,10 @@ def _save_check(f, check, key):
     np.savez(f, **arrays)
 
 
-def _load_check(path, folder):
-    """(ManifestCheck, its key) from a cache file; audio paths are relative to `folder`, the CSV's
-    folder now (so a copy of the data in another place still fits). Raises ValueError if inconsistent."""
+def _load_check(path, normalizer, folder):
+    """(ManifestCheck, its key) from a cache file, its vocabulary normalising with `normalizer` (the
+    cache's key names it); audio paths are relative to `folder`, the CSV's folder now (so a copy of
+    the data in another place still fits). Raises ValueError if inconsistent."""
     with np.load(path, allow_pickle=False) as z:
         arrays = {name: z[name] for name in z.files}  # reads every member: a bad CRC-32 raises here
     header = json.loads(arrays["header"].tobytes().decode())
@@ -499,8 +503,8 @@ def _load_check(path, folder):
     lengths = arrays["train.lengths"]
     if lengths.dtype != np.int64 or lengths.shape != (len(parts["train"]),) or (lengths <= 0).any():
         raise ValueError("the clip lengths do not match the clips")
-    check = ManifestCheck(CharVocab(header["vocab"]), parts["train"], lengths.tolist(), str(header["report"]),
-                          bool(header["estimated"]), parts["val"], str(header["fingerprint"]))
+    check = ManifestCheck(CharVocab(header["vocab"], normalizer), parts["train"], lengths.tolist(),
+                          str(header["report"]), bool(header["estimated"]), parts["val"], str(header["fingerprint"]))
     return check, dict(header["key"])
 
 

@@ -1,7 +1,8 @@
 """Where a session's inputs are attached: the read-only roots (Kaggle's /kaggle/input, where datasets
 and earlier sessions' outputs appear) and a walk of them that stays quick.
 
-Token files (data/text.py) and checkpoints (training/discovery.py) are both looked for here.
+Token files (data/text.py, by training/reuse.py's rule) and checkpoints (training/discovery.py) are both
+looked for here.
 """
 
 import os

@@ -258,7 +258,7 @@ class RegRows:
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def split_rows(table, fraction, path):
+def train_val_rows(table, fraction, path):
     """(training rows, validation rows): validation is chosen by a hash of the id."""
     held = held_out(table.ids, fraction)
     train_rows, val_rows = np.flatnonzero(~held), np.flatnonzero(held)

@@ -7,7 +7,6 @@ The tokenizers themselves are in data/tokenizers.py.
 import codecs
 import collections
 import io
-import itertools
 import json
 import multiprocessing
 import os
@@ -22,7 +21,7 @@ import xxhash
 
 import ckpt
 from data import DataError
-from data.inputs import input_roots, walk_inputs
+from data.inputs import walk_inputs
 from data.tokenizers import ByteTokenizer, CharTokenizer, make_tokenizer, token_dtype, tokenizer_from_dict
 
 
@@ -257,46 +256,42 @@ class TokenFile:
         return count
 
 
-def token_file(cfg, saved, workdir, rank=0, workers=None):
-    """The tokens of the corpus `cfg.data`, built once and reused by every later part.
+def token_file(data, tokenizer, folders, build_into=None, may_build=True, kind="byte", pretrained="", workers=None):
+    """The tokens of the corpus `data`, built once and reused by every later part.
 
-    A token file is looked for in the run folder's tokens/, beside the checkpoint being resumed and
-    under /kaggle/input (BATON_INPUT_ROOTS); it is used when it opens (a truncated or damaged one is
-    said and, in the run folder, rebuilt), was made from a corpus with the same identity, and holds the tokenizer
-    the run needs: the checkpoint's when resuming, so token ids keep their meaning. Otherwise rank
-    0 tokenizes the corpus into the run folder, in bounded memory, with BPE on every core; other
-    ranks wait for the file. `cfg.data` may also name a token file itself (a corpus tokenized
-    once, e.g. attached as a Kaggle dataset). Returns a TokenFile, or one held in memory when
-    there is no run folder (`workdir` None)."""
-    if cfg.data.endswith(TOKENS_SUFFIX):
-        found = TokenFile(cfg.data)
-        if saved and found.tokenizer.to_dict() != saved.meta["task_meta"]["tokenizer"]:
-            raise DataError(f"{cfg.data} was tokenized with another tokenizer than the checkpoint's")
+    `tokenizer` is the tokenizer (as a dict) the run must use: a resumed checkpoint's, so token ids
+    keep their meaning; None means a new one of `kind` (GPT-2's BPE from the folder `pretrained`; a
+    char vocabulary is made from the text). A token file is looked for in `folders`, in order
+    (training/reuse.py says which); it is used when it opens (a truncated or damaged one is said
+    and, in `build_into`, rebuilt), was made from a corpus with the same identity, and holds that
+    tokenizer. Otherwise the corpus is tokenized into `build_into`, in bounded memory, with BPE on
+    every core, when `may_build`; else this process waits for another to build it there. `data` may
+    also name a token file itself (a corpus tokenized once, e.g. attached as a Kaggle dataset).
+    Returns a TokenFile, or one held in memory when there is no folder to build into (None)."""
+    if data.endswith(TOKENS_SUFFIX):
+        found = TokenFile(data)
+        if tokenizer and found.tokenizer.to_dict() != tokenizer:
+            raise DataError(f"{data} was tokenized with another tokenizer than the checkpoint's")
         return found
-    files = corpus_files(cfg.data)
+    files = corpus_files(data)
     corpus = corpus_identity(files)
-    wanted = tokenizer_from_dict(saved.meta["task_meta"]["tokenizer"]) if saved else None
-    kind = wanted.to_dict()["kind"] if wanted else cfg.tokenizer
+    wanted = tokenizer_from_dict(tokenizer) if tokenizer else None
+    kind = wanted.to_dict()["kind"] if wanted else kind
     if wanted is None and kind != "char":  # a char vocabulary is made from the text, while it is read
-        wanted = make_tokenizer(kind, folder=cfg.pretrained)
+        wanted = make_tokenizer(kind, folder=pretrained)
     key = tokenizer_key(wanted) if wanted else None
     spec = kind if kind != "gpt2" else f"gpt2:{key}"
     base = f"{kind}-{xxhash.xxh3_64(json.dumps([corpus, spec]).encode()).hexdigest()}"
     names = [base + TOKENS_SUFFIX] + ([f"{base}-{key[:8]}{TOKENS_SUFFIX}"] if wanted else [])
-    own = os.path.join(workdir, "tokens") if workdir else None
-    beside = [os.path.join(os.path.dirname(saved.path), "tokens")] if saved else []
-    while True:
-        inputs = (folder for root in input_roots() for folder in input_token_folders(root))
-        folders = itertools.chain([own], beside, inputs)
-        found, free = _find_token_file(folders, names, corpus, wanted, own)
-        if found or rank == 0:
-            break
-        time.sleep(1)  # another rank is tokenizing; torchrun ends this one if that rank fails
+    found, free = _find_token_file(folders, names, corpus, wanted, build_into)
+    while not found and not may_build:
+        time.sleep(1)  # another process is tokenizing into build_into; torchrun ends this one if that one fails
+        found, _ = _find_token_file([build_into], names, corpus, wanted, build_into)
     if found:
         print(f"data: tokens from {found.path}" + (" (read-only; not copied into this part's output)"
-                                                   if not found.path.startswith(own or "\0") else ""))
+                                                   if not found.path.startswith(build_into or "\0") else ""))
         return found
-    return build_token_file(files, corpus, wanted, own and os.path.join(own, free), workers)
+    return build_token_file(files, corpus, wanted, build_into and os.path.join(build_into, free), workers)
 
 
 def tokenizer_key(tokenizer):
@@ -312,9 +307,10 @@ def input_token_folders(root, max_depth=4):
             yield folder
 
 
-def _find_token_file(folders, names, corpus, wanted, own):
-    """The first usable token file among `names` in `folders`, and the first name free in `own`."""
-    free = next((n for n in names if not os.path.exists(os.path.join(own, n))), names[-1]) if own else None
+def _find_token_file(folders, names, corpus, wanted, build_into):
+    """The first usable token file among `names` in `folders`, and the first name free in `build_into`."""
+    free = None if build_into is None else \
+        next((n for n in names if not os.path.exists(os.path.join(build_into, n))), names[-1])
     for folder in filter(None, folders):
         for name in names:
             path = os.path.join(folder, name)
@@ -323,7 +319,7 @@ def _find_token_file(folders, names, corpus, wanted, own):
             try:
                 found = TokenFile(path)
             except DataError as e:
-                mine = folder == own
+                mine = folder == build_into
                 print(f"warning: {e}; " + ("building it again" if mine else "not used"))
                 free = name if mine else free
                 continue

@@ -1,6 +1,7 @@
 """Transcripts: how a sentence becomes CTC labels and how predictions are scored.
 
-`normalize_text` is what the model learns (NFC, no punctuation, single spaces); `CharVocab` turns
+`normalize_text` is what the model learns (NFC, no punctuation, single spaces, then the run's
+`Normalizer`); `CharVocab` turns
 it into label ids and back, with Hugging Face's vocab.json conventions; `postprocess_bengali` is
 what submission.csv gets; `wer` and `cer` score predictions (jiwer when installed, else the same
 numbers from an edit distance here); `sentences_of` reads the text a decoding LM is built from.
@@ -15,7 +16,7 @@ from data.manifest import read_rows
 SENTENCE_END = ("।", "?", "!")  # the danda (U+0964) ends a Bengali statement
 
 
-def normalize_text(text, keep=None):
+def normalize_text(text, keep=None, normalizer=None):
     """A transcript as the model should learn it: NFC, no punctuation, single spaces.
 
     NFC first, so one spelling has one code-point sequence (Bengali য় ড় ঢ় are composition
@@ -23,25 +24,24 @@ def normalize_text(text, keep=None):
     Punctuation (Unicode category P: danda, ?, !, commas, quotes, hyphens) becomes a space, so
     "হ্যাঁ,এক" stays two words; characters in `keep` survive. Apostrophes are deleted instead
     ("don't" -> "dont"). Invisible format characters (zero-width joiner and non-joiner, BOM) are
-    dropped: they change how a word is drawn, not how it sounds. Case is kept.
+    dropped: they change how a word is drawn, not how it sounds. Case is kept. Then `normalizer`
+    (a `Normalizer`; None is NFC alone) mends each word.
     """
     keep = frozenset(keep or ())
     table = _TABLES.get(keep)
     if table is None:
         table = _TABLES[keep] = _Translation(keep)
     words = unicodedata.normalize("NFC", text).translate(table).split()
-    if NORMALIZER["words"] is not None:
-        words = [w for w in map(NORMALIZER["words"], words) if w]
-    return " ".join(words)
+    return " ".join(normalizer.words(words) if normalizer else words)
 
 
 # Which normaliser normalize_text applies after NFC: "nfc" (nothing more), or "bnunicodenormalizer",
 # the library Bengali.AI Speech's annotations and its teams' submissions went through (it mends
 # badly composed words: doubled vowel signs or hasanta, a vowel sign before its consonant, ZWJ/ZWNJ).
-# Set once per process by `use_normalizer` (the asr task from its config, infer from the checkpoint's),
-# so that training targets, validation references and submissions agree.
+# A run makes one `Normalizer` (the asr task from its config, infer from the checkpoint's) and hands
+# it to what reads transcripts (the vocabulary carries it), so that training targets, validation
+# references and submissions agree.
 NORMALIZERS = ("nfc", "bnunicodenormalizer")
-NORMALIZER = {"name": "nfc", "words": None}
 
 
 def bnunicodenormalizer_installed():
@@ -52,25 +52,36 @@ def bnunicodenormalizer_installed():
         return False
 
 
-def use_normalizer(name):
-    """Make normalize_text apply `name` (one of NORMALIZERS); bnunicodenormalizer must be installed."""
-    if name not in NORMALIZERS:
-        raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)} (got {name!r})")
-    mend = None
-    if name == "bnunicodenormalizer":
-        from bnunicodenormalizer import Normalizer
-        library, cache = Normalizer(), {}
+class Normalizer:
+    """The normaliser `name` (one of NORMALIZERS); bnunicodenormalizer must be installed for it."""
 
-        def mend(word):
-            """The library's spelling of a word (it works word by word, ~50 us each: cached). A
-            Bengali word it rejects (a lone vowel sign) is dropped; words in other scripts, which it
-            also rejects, are kept as they are."""
-            if word not in cache:
-                normalized = library(word)["normalized"]
-                cache[word] = normalized if normalized is not None else \
-                    ("" if any("\u0980" <= c <= "\u09ff" for c in word) else word)
-            return cache[word]
-    NORMALIZER.update(name=name, words=mend)
+    def __init__(self, name="nfc"):
+        if name not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)} (got {name!r})")
+        self.name, self._cache = name, {}
+        if name == "bnunicodenormalizer":
+            from bnunicodenormalizer import Normalizer as Library
+            self._library = Library()
+
+    def __reduce__(self):  # a spawned DataLoader worker makes its own, by name: the library's object is not sent
+        return Normalizer, (self.name,)
+
+    def __repr__(self):
+        return f"Normalizer({self.name!r})"
+
+    def words(self, words):
+        """The words as this normaliser spells them (NFC'd already); a word it rejects is dropped."""
+        return words if self.name == "nfc" else [w for w in map(self._mend, words) if w]
+
+    def _mend(self, word):
+        """The library's spelling of a word (it works word by word, ~50 us each: cached). A Bengali
+        word it rejects (a lone vowel sign) is dropped; words in other scripts, which it also
+        rejects, are kept as they are."""
+        if word not in self._cache:
+            normalized = self._library(word)["normalized"]
+            self._cache[word] = normalized if normalized is not None else \
+                ("" if any("\u0980" <= c <= "\u09ff" for c in word) else word)
+        return self._cache[word]
 
 
 class _Translation(dict):
@@ -111,10 +122,12 @@ class CharVocab:
     that Wav2Vec2CTCTokenizer opens our vocab.json without adding tokens. Vocabularies written the
     other common way ("[PAD]", "[UNK]" at the end) are read too. Punctuation characters in the
     vocabulary are kept by `encode`'s normalisation, so a vocab built with `keep="।?!"` stays
-    consistent after a round trip through vocab.json.
+    consistent after a round trip through vocab.json. `normalizer` (a `Normalizer`; None is NFC
+    alone) is how `encode` normalises a text: the one the vocabulary's texts went through.
     """
 
-    def __init__(self, token_to_id):
+    def __init__(self, token_to_id, normalizer=None):
+        self.normalizer = normalizer
         self.token_to_id = {str(t): int(i) for t, i in token_to_id.items()}
         self.id_to_token = {i: t for t, i in self.token_to_id.items()}
         if len(self.id_to_token) != len(self.token_to_id):
@@ -128,20 +141,20 @@ class CharVocab:
         self.keep = {t for t in self.token_to_id if len(t) == 1 and unicodedata.category(t)[0] == "P"}
 
     @classmethod
-    def build(cls, sentences, keep=None):
+    def build(cls, sentences, keep=None, normalizer=None):
         """The vocabulary of the normalised sentences: specials, then characters in code-point order."""
-        return cls.of_texts(normalize_text(s or "", keep) for s in sentences)
+        return cls.of_texts((normalize_text(s or "", keep, normalizer) for s in sentences), normalizer)
 
     @classmethod
-    def of_texts(cls, texts):
-        """`build` for texts normalised already."""
+    def of_texts(cls, texts, normalizer=None):
+        """`build` for texts normalised (with `normalizer`) already."""
         chars = set("".join(texts)) - {" ", DELIM}
         tokens = [PAD, BOS, EOS, UNK, DELIM] + sorted(chars)
-        return cls({t: i for i, t in enumerate(tokens)})
+        return cls({t: i for i, t in enumerate(tokens)}, normalizer)
 
     @classmethod
-    def from_dict(cls, token_to_id):
-        return cls(token_to_id)
+    def from_dict(cls, token_to_id, normalizer=None):
+        return cls(token_to_id, normalizer)
 
     def to_dict(self):
         """The vocab.json content: token -> id, in id order."""
@@ -152,7 +165,7 @@ class CharVocab:
 
     def encode(self, text):
         """Label ids of the normalised text; characters the vocabulary lacks become <unk>."""
-        text = normalize_text(text, self.keep)
+        text = normalize_text(text, self.keep, self.normalizer)
         return [self.token_to_id.get(DELIM if c == " " else c, self.unk_id) for c in text]
 
     def decode(self, ids):
@@ -189,9 +202,10 @@ def _as_list(ids):
     return ids.tolist() if hasattr(ids, "tolist") else list(ids)
 
 
-def sentences_of(path):
-    """The normalised sentences of a text file (one a line) or of a manifest's `sentence` column
-    (its training rows only, when it has a `split` column): what a decoding LM is built from."""
+def sentences_of(path, normalizer=None):
+    """The normalised sentences (`normalizer`: see normalize_text) of a text file (one a line) or of a
+    manifest's `sentence` column (its training rows only, when it has a `split` column): what a
+    decoding LM is built from."""
     if path.lower().endswith((".csv", ".tsv")):
         columns, rows = read_rows(path)
         if "sentence" not in columns:
@@ -201,16 +215,14 @@ def sentences_of(path):
     else:
         with open(path, encoding="utf-8") as f:
             texts = f.read().splitlines()
-    return [normalize_text(t) for t in texts]
+    return [normalize_text(t, normalizer=normalizer) for t in texts]
 
 
-def postprocess_bengali(text):
-    """A prediction as submission.csv wants it: NFC (and the normaliser in use), single spaces, ending in
-    a danda unless it ends in ।, ? or !."""
+def postprocess_bengali(text, normalizer=None):
+    """A prediction as submission.csv wants it: NFC (and `normalizer`, as the references were),
+    single spaces, ending in a danda unless it ends in ।, ? or !."""
     words = unicodedata.normalize("NFC", text).split()
-    if NORMALIZER["words"] is not None:  # as the references were (use_normalizer)
-        words = [w for w in map(NORMALIZER["words"], words) if w]
-    text = " ".join(words)
+    text = " ".join(normalizer.words(words) if normalizer else words)
     if text and not text.endswith(SENTENCE_END):
         text += "।"
     return text

@@ -1,5 +1,6 @@
 """The models, pure nn.Modules: gpt.py (lm), wav2vec2.py (asr), regression.py (reg), and decoding.py
-(CTC beam search and word language models, for turning asr output into text).
+(CTC beam search and word language models, for turning asr output into text); hf_weights.py reads a
+Hugging Face folder's weights for their from_pretrained.
 
 Given targets, each forward also returns its loss, summed over the batch's units (tokens, CTC labels,
 rows): `output, loss_sum = model(**inputs)`. Each model class names its config dataclass

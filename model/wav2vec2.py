@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ckpt import read_weights_folder
+from model.hf_weights import read_weights_folder
 
 
 @dataclasses.dataclass

@@ -11,15 +11,6 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-@pytest.fixture(autouse=True)
-def nfc_between_tests():
-    """An asr run sets its transcript normaliser for the whole process (data/transcripts.py's
-    use_normalizer), as train_part.py and infer.py do once; a test starts from NFC, the default."""
-    yield
-    from data import transcripts
-    transcripts.use_normalizer("nfc")
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The first 1,680 bytes of the embedded corpus: the tiny lm runs' step counts assume this size."""

@@ -65,7 +65,7 @@ def install_faults(oom_rows, fail_at):
     if fail_at:
         step = train_part.train_step
 
-        def failing(part, window, lr):
+        def failing(part, micro_batches, lr):
             if part.position.global_step + 1 == fail_at:
                 model = part.train_model
 
@@ -73,19 +73,19 @@ def install_faults(oom_rows, fail_at):
                     model(**inputs)  # the step's forward runs (and draws its dropout) before it fails
                     raise RuntimeError(f"poisoned: step {fail_at} fails")
                 part.train_model = broken
-            return step(part, window, lr)
+            return step(part, micro_batches, lr)
         train_part.train_step = failing
 
 
 def install(steps):
     real = train_part.train_step
 
-    def poisoned(part, window, lr):
+    def poisoned(part, micro_batches, lr):
         factor, model = steps.get(part.position.global_step + 1), part.train_model
         if factor is not None:
             part.train_model = Poisoned(model, factor)
         try:
-            return real(part, window, lr)
+            return real(part, micro_batches, lr)
         finally:
             part.train_model = model
     train_part.train_step = poisoned

@@ -1,4 +1,4 @@
-"""The asr task end to end on a slice of the embedded Bengali clips: exact resume with SpecAugment,
+"""training/asr.py, the asr task, end to end on a slice of the embedded Bengali clips: exact resume with SpecAugment,
 LayerDrop and dropout on, submission.csv, bad inputs, and export to a Hugging Face folder."""
 
 import csv
@@ -73,10 +73,11 @@ def test_submission_has_every_clip_post_processed_and_export_opens(tmp_path, cli
         rows = list(csv.reader(f))
     expected = sorted(os.path.splitext(n)[0] for n in os.listdir(manifest.EMBEDDED_TEST))
     assert rows[0] == ["id", "sentence"] and [r[0] for r in rows[1:]] == expected
+    normalizer = infer.use_training_normalizer(ckpt.load(out / "checkpoint_part1.safetensors").meta)
     for _, sentence in rows[1:]:
-        assert sentence == transcripts.postprocess_bengali(sentence)
+        assert sentence == transcripts.postprocess_bengali(sentence, normalizer)
         assert "  " not in sentence
-        if transcripts.NORMALIZER["name"] == "nfc":  # bnunicodenormalizer writes য় as one code point, NFC as two
+        if normalizer.name == "nfc":  # bnunicodenormalizer writes য় as one code point, NFC as two
             assert sentence == unicodedata.normalize("NFC", sentence)
         assert sentence == "" or sentence.endswith(transcripts.SENTENCE_END)
     assert any(sentence for _, sentence in rows[1:])
@@ -130,7 +131,8 @@ def test_beam_search_with_a_language_model_built_from_the_transcripts(tmp_path, 
     with open(sub, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 1 + len(os.listdir(manifest.EMBEDDED_TEST))
-    assert all(sentence == transcripts.postprocess_bengali(sentence) for _, sentence in rows[1:])
+    normalizer = infer.use_training_normalizer(ckpt.load(tmp_path / "run" / "checkpoint_part1.safetensors").meta)
+    assert all(sentence == transcripts.postprocess_bengali(sentence, normalizer) for _, sentence in rows[1:])
     assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--lm", str(clips / "train.csv")]) == 2
     assert "--lm needs a beam search" in capsys.readouterr().err
 
@@ -158,13 +160,13 @@ def test_lm_tune_picks_the_pair_of_its_grid_with_the_lowest_validation_wer(tmp_p
         return truth.get(key, "") if (weight, bonus) == (0.8, 2.0) else real(log_probs, vocab, beam, lm, weight, bonus)
     monkeypatch.setattr(decoding, "prefix_beam_search", right_at)
     model, meta = infer.load_model(str(tmp_path / "run"), "asr", torch.device("cpu"))
-    vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"])
+    vocab = transcripts.CharVocab.from_dict(meta["task_meta"]["vocab"], infer.use_training_normalizer(meta))
     cfg = asr.ASRConfig(**{k: v for k, v in meta["config"].items() if k in asr.ASRConfig.__dataclass_fields__})
     val = audio.validation_clips(cfg)
     sentences = dict(zip(val.items.column("id"), val.items.column("sentence")))
     settings = types.SimpleNamespace(batch_size=32, chunk_seconds=30.0, stride_seconds=5.0)
     for i, lp in infer.model_outputs(model, val, settings, torch.device("cpu")):
-        truth[lp.shape[0], float(lp.sum())] = transcripts.normalize_text(sentences[i], vocab.keep)
+        truth[lp.shape[0], float(lp.sum())] = transcripts.normalize_text(sentences[i], vocab.keep, vocab.normalizer)
     hf = tmp_path / "hf"
     assert infer.main(["--task", "asr", "--ckpt", str(tmp_path / "run"), "--export", str(hf), "--beam", "4",
                        "--lm", str(clips / "train.csv"), "--lm-tune"]) == 0

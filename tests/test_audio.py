@@ -1,4 +1,5 @@
-"""Speech data: decoding to 16 kHz, manifests in every layout, bad rows counted, text and CTC vocabulary, metrics."""
+"""data/audio.py, manifest.py and transcripts.py, speech data: decoding to 16 kHz, manifests in every
+layout, bad rows counted, text and CTC vocabulary, metrics."""
 
 import csv
 import json
@@ -364,9 +365,7 @@ def test_error_rates_without_jiwer_match_jiwer(monkeypatch):
 @pytest.fixture
 def bengali_normalizer():
     pytest.importorskip("bnunicodenormalizer")
-    T.use_normalizer("bnunicodenormalizer")
-    yield
-    T.use_normalizer("nfc")
+    return T.Normalizer("bnunicodenormalizer")
 
 
 BADLY_COMPOSED = [  # (as typed, as bnunicodenormalizer spells it): NFC alone leaves each as it was typed
@@ -381,14 +380,14 @@ BADLY_COMPOSED = [  # (as typed, as bnunicodenormalizer spells it): NFC alone le
 
 
 def test_bnunicodenormalizer_mends_badly_composed_bengali(bengali_normalizer):
+    bn = bengali_normalizer
     for typed, mended in BADLY_COMPOSED:
         assert unicodedata.normalize("NFC", typed) != mended
-        assert T.normalize_text(typed) == mended, typed
-    assert T.normalize_text("কথা hello ১২৩ 42") == "কথা hello ১২৩ 42"  # other scripts are kept as they are
-    assert T.normalize_text("য়") == "য়"  # unlike NFC, which keeps য় as two code points
-    assert T.normalize_text("কথা \u09be বলো") == "কথা বলো"  # a lone vowel sign is no word
-    assert T.postprocess_bengali("কিি কথা") == "কি কথা।"
-    T.use_normalizer("nfc")
+        assert T.normalize_text(typed, normalizer=bn) == mended, typed
+    assert T.normalize_text("কথা hello ১২৩ 42", normalizer=bn) == "কথা hello ১২৩ 42"  # other scripts are kept as they are
+    assert T.normalize_text("য়", normalizer=bn) == "য়"  # unlike NFC, which keeps য় as two code points
+    assert T.normalize_text("কথা \u09be বলো", normalizer=bn) == "কথা বলো"  # a lone vowel sign is no word
+    assert T.postprocess_bengali("কিি কথা", bn) == "কি কথা।"
     assert T.normalize_text("কিি") == unicodedata.normalize("NFC", "কিি")
 
 
@@ -406,5 +405,4 @@ def test_the_checkpoint_records_the_normalizer_and_infer_uses_it(tmp_path, monke
         asr.choose_normalizer(asr.ASRConfig(normalizer="bnunicodenormalizer"), None)
     with pytest.raises(infer.InferError, match="which is not installed"):
         infer.use_training_normalizer({"config": {"normalizer": "bnunicodenormalizer"}})
-    infer.use_training_normalizer({"config": {}})  # older files and exported folders: NFC
-    assert T.NORMALIZER["name"] == "nfc"
+    assert infer.use_training_normalizer({"config": {}}).name == "nfc"  # older files and exported folders: NFC

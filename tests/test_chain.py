@@ -270,7 +270,7 @@ def test_kaggle_s_log_format_and_the_tasks_known_to_the_chain():
     assert kaggle_client.kaggle_log_text(json.dumps(entries)) == "a\nb\n"
     assert kaggle_client.kaggle_log_text("plain text\n") == "plain text\n"
     assert chain.log_lines("x\nstep 1\rstep 2\rstep 3\n\n") == ["x", "step 3"]
-    from training import TASKS
+    from training.tasks import TASKS
     assert set(chain.PREDICTIONS) == set(TASKS)
 
 

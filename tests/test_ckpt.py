@@ -1,9 +1,12 @@
-"""ckpt.py: round trips, the safetensors layout, integrity checks, atomicity, discovery, pruning,
-legacy import, and the refusal to unpickle code."""
+"""ckpt.py: round trips, the safetensors layout, integrity checks, atomicity, legacy import, the
+refusal to unpickle code, the RNG streams, pruning, and the disk guard (`make_room`, in a run of
+test_workflow.py's `train`). Which checkpoint a part continues from is test_discovery.py's."""
 
+import collections
 import os
 import pickle
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 import ckpt
-from training import discovery
+from test_workflow import train
 
 
 def sample_state():
@@ -180,30 +183,6 @@ def test_legacy_checkpoint_is_imported(tmp_path):
     assert "optimizer" in saved.state
 
 
-def test_discovery_picks_highest_global_step_not_newest_file_and_skips_corrupt(tmp_path):
-    out, inputs = tmp_path / "out", tmp_path / "input"
-    (inputs / "ds1" / "nested").mkdir(parents=True)
-    out.mkdir()
-    write(out / "ckpt_e0_s10_g10.safetensors", global_step=10)
-    write(inputs / "ds1" / "nested" / "checkpoint_part2.safetensors", global_step=30, part=2)
-    write(inputs / "ds1" / "ckpt_e0_s20_g20.safetensors", global_step=20)
-    write(inputs / "other_task.safetensors", global_step=99, task="asr")
-    write(inputs / "best_model.safetensors", global_step=98, kind="weights")
-    newest = inputs / "ds1" / "ckpt_e1_s5_g40.safetensors"
-    write(newest, global_step=40)
-    newest.write_bytes(newest.read_bytes()[:-10])  # a broken upload of the newest one
-    for i, p in enumerate(sorted(tmp_path.rglob("*.safetensors"))):  # file times say nothing
-        os.utime(p, (1000 + i, 1000 + i))
-    found = discovery.scan([str(out), str(inputs)])
-    assert len(found) == 6
-    saved, skipped = discovery.newest_valid(found, task="lm")
-    assert saved.meta["global_step"] == 30
-    # the safetensors library sees the truncation in the header's byte ranges, so the scan marks it
-    broken = [f for f in found if f.problem]
-    assert [os.path.basename(f.path) for f in broken] == ["ckpt_e1_s5_g40.safetensors"] and skipped == []
-    assert "truncated" in broken[0].problem
-
-
 def test_prune_keeps_last_rolling_files_and_never_handoffs_or_best(tmp_path):
     for g in (5, 10, 15, 20, 100):
         write(tmp_path / ckpt.rolling_name(0, g, g), global_step=g)
@@ -213,6 +192,28 @@ def test_prune_keeps_last_rolling_files_and_never_handoffs_or_best(tmp_path):
     assert sorted(removed) == sorted(ckpt.rolling_name(0, g, g) for g in (5, 10, 15))
     assert sorted(os.listdir(tmp_path)) == sorted(
         [ckpt.rolling_name(0, 20, 20), ckpt.rolling_name(0, 100, 100), ckpt.handoff_name(1), ckpt.BEST_NAME])
+
+
+def test_pruning_keeps_the_newest_rolling_checkpoint_even_with_keep_last_0(tmp_path):
+    for step in (5, 10):
+        ckpt.write_file(tmp_path / ckpt.rolling_name(0, step, step), {"x": torch.zeros(1)}, {"kind": "train"})
+    assert ckpt.prune(tmp_path, 0) == [ckpt.rolling_name(0, 5, 5)]
+    assert os.listdir(tmp_path) == [ckpt.rolling_name(0, 10, 10)]
+
+
+def test_a_save_that_does_not_fit_keeps_every_checkpoint_and_says_why(tmp_path, corpus, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert train(out, corpus, "--max-steps", "4", "--set", "save_every_steps=2") == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith(".safetensors")}
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    capsys.readouterr()
+    assert train(out, corpus, "--max-steps", "8", "--set", "save_every_steps=2", part=2) == 2
+    printed = capsys.readouterr()
+    assert "not enough disk space" in printed.err and "every existing checkpoint was kept" in printed.err
+    assert "training goes on" in printed.out + printed.err  # the periodic saves at steps 6 and 8 were skipped
+    after = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith(".safetensors")}
+    assert after == before
 
 
 def test_rng_capture_restores_python_numpy_and_torch_streams():

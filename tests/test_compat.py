@@ -22,6 +22,7 @@ import torch
 import ckpt
 import train_part
 from conftest import assert_same_tensors
+from training.optimizer import OPTIMIZER_FLAGS
 from training.record import unpack
 
 ATOL = RTOL = 1e-5  # float rounding across kernel sets; see the docstring
@@ -55,7 +56,7 @@ def assert_same_values(a, b, where="state"):
 
 
 def without_flags(optimizer_state):
-    groups = [{k: v for k, v in g.items() if k not in train_part.OPTIMIZER_FLAGS} for g in optimizer_state["param_groups"]]
+    groups = [{k: v for k, v in g.items() if k not in OPTIMIZER_FLAGS} for g in optimizer_state["param_groups"]]
     return {**optimizer_state, "param_groups": groups}
 
 

@@ -1,4 +1,5 @@
-"""The resumable sampler and text data: deterministic, complete, O(1) to resume."""
+"""data/sampler.py and data/text.py, the resumable sampler and text data: deterministic, complete,
+O(1) to resume."""
 
 import itertools
 

@@ -1,4 +1,5 @@
-"""GPT: parity with transformers' GPT2LMHeadModel, the Hugging Face layout both ways, generation."""
+"""model/gpt.py: parity with transformers' GPT2LMHeadModel, the Hugging Face layout both ways (a
+pytorch_model.bin read with weights_only by model/hf_weights.py), generation, gradient checkpointing."""
 
 import json
 

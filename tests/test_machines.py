@@ -13,9 +13,11 @@ import ckpt
 import train_part
 from conftest import tiny_lm_args
 from model.regression import Regressor, RegressorConfig
-from training import TASKS, devices
+from training import devices
+from training.tasks import TASKS
 from training.config import ConfigError
 from training.distributed import start_processes
+from training.optimizer import load_optimizer_state
 
 ATOL = RTOL = 1e-5  # another AdamW implementation rounds otherwise (see test_compat.py for the size)
 
@@ -48,7 +50,7 @@ def test_the_optimizer_keeps_this_runs_implementation_when_it_loads_a_state():
 
     with pytest.raises(AssertionError, match="grad_scale"):  # what torch's own load_state_dict leads to
         resumed_step(torch.optim.AdamW.load_state_dict)
-    fused = resumed_step(train_part.load_optimizer_state)
+    fused = resumed_step(load_optimizer_state)
     assert all(group["fused"] and not group["foreach"] for group in fused.param_groups)
 
 

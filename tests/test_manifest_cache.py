@@ -1,4 +1,4 @@
-"""The asr manifest cache (data/audio.py, `manifest_check`): part 1 keeps its check of the manifest,
+"""The asr manifest cache (data/audio.py, `reuse_or_check_manifest`): part 1 keeps its check of the manifest,
 later parts reuse it (from their own folder or from beside the checkpoint they resume) and train
 bit-identically; a changed manifest or settings, or a damaged file, means checking again."""
 
@@ -12,7 +12,7 @@ import torch
 
 import ckpt
 from data import audio
-from training import asr
+from training import asr, reuse
 from training.config import apply_settings
 from conftest import assert_same_tensors
 import test_asr
@@ -94,11 +94,11 @@ def test_the_cached_check_gives_exactly_what_checking_gives(tmp_path, clips, cac
     monkeypatch.setattr(audio, "HEADER_LIMIT", header_limit)
     data = messy(tmp_path, clips)
     cfg = config(data, "val_fraction=0.3")
-    fresh = audio.manifest_check(cfg)  # no workdir: nothing cached
+    fresh = audio.reuse_or_check_manifest(cfg)  # no folder: nothing cached
     assert "1 empty sentences" in fresh.report  # (the missing clip is held out, by its id's hash)
     assert not (tmp_path / audio.CACHE_NAME).exists()
-    audio.manifest_check(cfg, workdir=str(tmp_path))  # checks and writes the cache
-    reused = audio.manifest_check(cfg, fresh.vocab, workdir=str(tmp_path))
+    reuse.asr_manifest_check(cfg, run_folder=str(tmp_path))  # checks and writes the cache
+    reused = reuse.asr_manifest_check(cfg, fresh.vocab.to_dict(), run_folder=str(tmp_path))
     assert len(cached) == 2
     assert summary(reused, cfg) == summary(fresh, cfg)
     with np.load(tmp_path / audio.CACHE_NAME, allow_pickle=False) as z:  # plain arrays, no pickles
@@ -110,19 +110,19 @@ def test_a_changed_manifest_or_setting_is_noticed_and_checked_again(tmp_path, cl
     shutil.copytree(clips, data)
     cfg, work = config(data), str(tmp_path / "run")
     os.mkdir(work)
-    first = audio.manifest_check(cfg, workdir=work)
+    first = reuse.asr_manifest_check(cfg, run_folder=work)
     rows = csv_rows(data / "train.csv")
     write_manifest(data / "train.csv", rows[1:])  # one training row removed
     capsys.readouterr()
-    second = audio.manifest_check(cfg, first.vocab, workdir=work)
+    second = reuse.asr_manifest_check(cfg, first.vocab.to_dict(), run_folder=work)
     assert capsys.readouterr().out.strip() == (f"data: the manifest changed since the cache was made "
                                                f"({os.path.realpath(os.path.join(work, audio.CACHE_NAME))}); "
                                                f"it is checked again")
     assert len(cached) == 2 and len(second.train) == len(first.train) - 1
-    assert summary(audio.manifest_check(cfg, first.vocab, workdir=work), cfg) == summary(second, cfg)
+    assert summary(reuse.asr_manifest_check(cfg, first.vocab.to_dict(), run_folder=work), cfg) == summary(second, cfg)
     assert len(cached) == 2  # the new check was cached
     shorter = config(data, "max_seconds=2")
-    audio.manifest_check(shorter, first.vocab, workdir=work)
+    reuse.asr_manifest_check(shorter, first.vocab.to_dict(), run_folder=work)
     assert "max_seconds changed since the manifest cache was made" in capsys.readouterr().out
     assert len(cached) == 3
 
@@ -131,7 +131,7 @@ def test_a_changed_manifest_or_setting_is_noticed_and_checked_again(tmp_path, cl
 def test_a_damaged_cache_is_said_in_one_line_and_made_again(tmp_path, clips, cached, capsys, damage):
     cfg, work = config(clips), str(tmp_path)
     path = tmp_path / audio.CACHE_NAME
-    good = audio.manifest_check(cfg, workdir=work)
+    good = reuse.asr_manifest_check(cfg, run_folder=work)
     intact = path.read_bytes()
     if damage == "truncated":
         path.write_bytes(intact[: len(intact) // 2])
@@ -146,10 +146,10 @@ def test_a_damaged_cache_is_said_in_one_line_and_made_again(tmp_path, clips, cac
         with open(path, "wb") as f:
             np.savez(f, **arrays)
     capsys.readouterr()
-    again = audio.manifest_check(cfg, good.vocab, workdir=work)
+    again = reuse.asr_manifest_check(cfg, good.vocab.to_dict(), run_folder=work)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "the manifest cache is damaged" in out and "it is checked again" in out
     assert "Traceback" not in out and len(cached) == 2
     assert summary(again, cfg) == summary(good, cfg)
-    audio.manifest_check(cfg, good.vocab, workdir=work)  # the file was made again and reads
+    reuse.asr_manifest_check(cfg, good.vocab.to_dict(), run_folder=work)  # the file was made again and reads
     assert len(cached) == 2

@@ -1,4 +1,5 @@
-"""The run's record stays bounded however long the run (issue 23), and a checkpoint stores it exactly.
+"""training/record.py: the run's record stays bounded however long the run (issue 23), and a
+checkpoint stores it exactly.
 
 The rows below are those of a run that logs every 10 steps and evaluates every 25, so evaluations
 fall both on logged steps (50, 100: one row) and between them (25, 75: rows without a training

@@ -1,4 +1,4 @@
-"""The reg task: SMAPE, the table reader's bad-row handling, the regressor, and train/infer end to end."""
+"""The reg task (training/reg.py, data/table.py, model/regression.py): SMAPE, the table reader's bad-row handling, the regressor, and train/infer end to end."""
 
 import csv
 import math

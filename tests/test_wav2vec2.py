@@ -1,6 +1,7 @@
-"""wav2vec2-CTC: parity with transformers' Wav2Vec2ForCTC in all four variants, the Hugging Face
-layout both ways (both weight-norm spellings, .bin, pretraining checkpoints), padding, lengths,
-SpecAugment / LayerDrop randomness, gradient checkpointing and the errors a user can cause."""
+"""model/wav2vec2.py (wav2vec2-CTC): parity with transformers' Wav2Vec2ForCTC in all four variants,
+the Hugging Face layout both ways (both weight-norm spellings, .bin read by model/hf_weights.py,
+pretraining checkpoints), padding, lengths, SpecAugment / LayerDrop randomness, gradient
+checkpointing and the errors a user can cause."""
 
 import dataclasses
 import json

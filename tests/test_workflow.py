@@ -1,7 +1,7 @@
-"""The multi-session workflow: part numbers, discovery, plots, the disk guard, legacy import, and
-the single-file kernel."""
+"""The multi-session workflow: parts capped by epochs, plots across parts, a legacy .pt continued,
+and the single-file kernel run alone. (Discovery and the part rule: test_discovery.py; the disk
+guard: test_ckpt.py.)"""
 
-import collections
 import os
 import shutil
 import subprocess
@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import torch
 
 import ckpt
@@ -20,55 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = tiny_lm_args()  # 12 optimizer steps per epoch on the `corpus` fixture
 
 
-@pytest.fixture
-def inputs(tmp_path, monkeypatch):
-    root = tmp_path / "kaggle_input"
-    root.mkdir()
-    monkeypatch.setenv("BATON_INPUT_ROOTS", str(root))
-    return root
-
-
 def train(out, corpus, *extra, part="1"):
     return train_part.main(["--task", "lm", "--part", str(part), "--out", str(out), "--data", corpus] + TINY
                            + list(extra), started=time.time())
-
-
-def test_part_three_with_only_part_one_is_refused_and_auto_picks_two(tmp_path, corpus, inputs, capsys):
-    assert train(tmp_path / "s1", corpus, "--max-steps", "2") == 0
-    shutil.copytree(tmp_path / "s1", inputs / "session1-output")
-    capsys.readouterr()
-    assert train(tmp_path / "s3", corpus, "--max-steps", "4", part=3) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: part 3 continues from part 2") and "\n" not in err
-    assert "part 1 at global step 2" in err and "session1-output" in err
-    assert "checkpoint_part2.safetensors" in err and "--part auto" in err and "--resume none" in err
-    assert train(tmp_path / "s3", corpus, "--max-steps", "4", part="auto") == 0
-    out = capsys.readouterr().out
-    assert "--part auto: this is part 2" in out
-    assert ckpt.load(tmp_path / "s3" / "checkpoint_part2.safetensors").meta["global_step"] == 4
-    assert train(tmp_path / "fresh", corpus, "--max-steps", "1", "--resume", "none", part=3) == 0  # explicit restart
-
-
-def test_newest_by_global_step_in_nested_folders_whatever_the_file_times(tmp_path, corpus, inputs, capsys):
-    out = tmp_path / "run"
-    assert train(out, corpus, "--max-steps", "9", "--set", "save_every_steps=3", "--set", "keep_last=5") == 0
-    places = {3: "a/deep/er", 6: "b", 9: "c/x/y/z"}
-    for step, folder in places.items():
-        (inputs / folder).mkdir(parents=True)
-        name = ckpt.rolling_name(0, step, step)
-        shutil.copy(out / name, inputs / folder / name)
-        os.utime(inputs / folder / name, (2_000_000_000 - step, 2_000_000_000 - step))  # older steps look newer
-    legacy = inputs / "b" / "old_checkpoint.pt"
-    torch.save({"model_state_dict": {"w": torch.zeros(1)}}, legacy)
-    capsys.readouterr()
-    assert train(tmp_path / "session2", corpus, "--max-steps", "10", part=2) == 0
-    report = capsys.readouterr().out
-    for step, folder in places.items():
-        assert str(inputs / folder / ckpt.rolling_name(0, step, step)) in report
-    assert str(legacy) in report and "legacy .pt/.pth" in report
-    chosen = report.split("USING")[1].splitlines()[1].strip()
-    assert chosen == str(inputs / "c/x/y/z" / ckpt.rolling_name(0, 9, 9))
-    assert f"resumed from {chosen}" in report
 
 
 def test_part_epochs_caps_each_part(tmp_path, corpus, capsys):
@@ -96,21 +49,6 @@ def test_plots_show_losses_learning_rate_and_parts(tmp_path, corpus):
     assert count_colour(curve, (128, 128, 128)) > 100   # the dashed part boundary (gray)
     by_epoch = matplotlib.image.imread(out / "loss_by_epoch.png")
     assert by_epoch.shape[:2] == (400, 700) and count_colour(by_epoch, (31, 119, 180)) > 50
-
-
-def test_a_save_that_does_not_fit_keeps_every_checkpoint_and_says_why(tmp_path, corpus, monkeypatch, capsys):
-    out = tmp_path / "run"
-    assert train(out, corpus, "--max-steps", "4", "--set", "save_every_steps=2") == 0
-    before = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith(".safetensors")}
-    usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
-    capsys.readouterr()
-    assert train(out, corpus, "--max-steps", "8", "--set", "save_every_steps=2", part=2) == 2
-    printed = capsys.readouterr()
-    assert "not enough disk space" in printed.err and "every existing checkpoint was kept" in printed.err
-    assert "training goes on" in printed.out + printed.err  # the periodic saves at steps 6 and 8 were skipped
-    after = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith(".safetensors")}
-    assert after == before
 
 
 def test_a_legacy_pt_in_the_seeds_format_continues_training(tmp_path, corpus, capsys):

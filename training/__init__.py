@@ -2,11 +2,11 @@
 checkpoint to continue from, the time budget, divergence, the run's record, running out of memory,
 the device and several processes.
 
-The task interface. Each task module (lm.py, asr.py, reg.py) has a config dataclass extending
-config.py's TrainConfig, a task object (`LMTask`, `ASRTask`, `RegTask`) and `build(cfg, device,
-rank, world, saved, workdir)`, which returns `(model, task object)`; `saved` is the checkpoint a
-run resumes from (None for a fresh one) and `workdir` the run folder, where work that depends only
-on the data is kept for later parts. A task object offers train_part.py the same few things:
+The task interface. tasks.py lists the tasks. Each task module (lm.py, asr.py, reg.py) has a
+config dataclass extending config.py's TrainConfig, a task object (`LMTask`, `ASRTask`, `RegTask`)
+and `build(cfg, device, rank, world, resumed, run_folder)`, which returns `(model, task object)`;
+`resumed` is the checkpoint a run resumes from (None for a fresh one) and `run_folder` where work
+that depends only on the data is kept for later parts. A task object offers train_part.py the same few things:
 - `sampler`: this rank's micro-batches of training indices, per epoch (data/sampler.py);
 - `batches(index_batches, epoch)`: yields `(inputs, count)`, where `model(**inputs)` returns
   `(output, loss summed over count units)`; inputs None means nothing to learn from there;
@@ -15,28 +15,12 @@ on the data is kept for later parts. A task object offers train_part.py the same
 - `best_metric` (lower is better), `meta` (what inference needs besides the weights, stored in the
   checkpoint header) and `fingerprint` (of the training data, to warn when it changes).
 
-The order to read it in: train_part.py first (the stage, top to bottom), then a task (lm.py is the
-simplest) with the data modules it uses, then config.py, discovery.py (which checkpoint a part
-continues from), budget.py (when a part must stop), divergence.py (what counts as diverging),
-record.py (metrics.json and the plots), memory.py (a micro-batch that runs out of memory, trained in
-pieces), devices.py (the device and precision) and distributed.py (torchrun's ranks and the collectives).
+The order to read it in: train_part.py first (the stage, top to bottom), then signals.py (SIGTERM
+and Ctrl-C, imported before torch), tasks.py (the one list of the tasks) and a task (lm.py is the
+simplest) with the data modules it uses and reuse.py (where work an earlier part did on the data is
+looked for, and who builds it), then config.py, discovery.py (which checkpoint a part continues
+from), state.py (what a checkpoint holds of a part, and loading it back), optimizer.py (AdamW across
+machines), budget.py (when a part must stop), divergence.py (what counts as diverging), record.py
+(metrics.json and the plots), memory.py (a micro-batch that runs out of memory, trained in pieces),
+devices.py (the device and precision) and distributed.py (torchrun's ranks and the collectives).
 """
-
-import typing
-
-from model.gpt import GPT
-from model.regression import Regressor
-from model.wav2vec2 import Wav2Vec2ForCTC
-from training import asr, lm, reg
-
-
-class TaskDef(typing.NamedTuple):
-    config: type           # the task's settings: a dataclass extending config.TrainConfig
-    model: type            # its nn.Module; a checkpoint's `model_config` rebuilds it (model.rebuild)
-    build: typing.Callable  # (cfg, device, rank, world, saved, workdir) -> (model, task object)
-
-
-# The one list of the tasks: the command lines' --task choices, and what each is made of.
-TASKS = {"lm": TaskDef(lm.LMConfig, GPT, lm.build),
-         "asr": TaskDef(asr.ASRConfig, Wav2Vec2ForCTC, asr.build),
-         "reg": TaskDef(reg.RegConfig, Regressor, reg.build)}

@@ -3,8 +3,9 @@ scored by WER and CER.
 
 `ASRConfig` is its settings (with the presets tiny, base and xlsr53), `ASRTask` what it trains on
 and how it is scored (the task interface of training/__init__.py), and `build` makes both with the
-model. Manifests, audio, the dataset and its cache are in data/ (manifest.py, audio.py), and the
-transcripts' normalisation, vocabulary and error rates in data/transcripts.py.
+model. Manifests, audio, the dataset and its cache are in data/ (manifest.py, audio.py; where the
+cache is looked for, training/reuse.py), and the transcripts' normalisation, vocabulary and error
+rates in data/transcripts.py.
 """
 
 import dataclasses
@@ -15,12 +16,13 @@ import torch
 from tqdm import tqdm
 
 from data import DataError
-from data.audio import AudioDataset, collate, manifest_check, no_usable_clip, training_csv
+from data.audio import AudioDataset, collate, no_usable_clip, training_csv
 from data.sampler import EpochSampler
-from data.transcripts import (NORMALIZERS, CharVocab, bnunicodenormalizer_installed, error_counts, error_rate,
-                              normalize_text, use_normalizer)
+from data.transcripts import (NORMALIZERS, Normalizer, bnunicodenormalizer_installed, error_counts, error_rate,
+                              normalize_text)
 import model as models
 from model.wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC
+from training import reuse
 from training.config import ConfigError, TrainConfig
 
 
@@ -31,13 +33,14 @@ class ASRTask:
 
     The split is the manifest's `split` column, or a hash of each id (`val_fraction`). The
     vocabulary is the checkpoint's when resuming (label ids keep their meaning), else built from
-    the training transcripts.
+    the training transcripts; it carries the run's transcript normaliser, which the validation
+    references go through too.
 
     What it is built from is a `ManifestCheck`: the usable training clips with their lengths, the
     validation subset, the vocabulary and the fingerprint. Making one reads the whole CSV and
     stats every file (~10 s or far more at Bengali.AI's ~960k clips), and it depends only on the
-    CSV and a few settings, so a run keeps it beside its checkpoints (see `manifest_check`) and a
-    later part loads it in a fraction of a second. Either way the same check gives the same data
+    CSV and a few settings, so a run keeps it beside its checkpoints (see `reuse_or_check_manifest`)
+    and a later part loads it in a fraction of a second. Either way the same check gives the same data
     object: the same items, lengths and therefore the same batches."""
 
     best_metric = "wer"  # picks best_model.safetensors (lower is better)
@@ -50,7 +53,7 @@ class ASRTask:
         self.device, self.batch_size, self.num_workers = device, cfg.batch_size, cfg.num_workers
         # This rank's share of the validation clips, in batches of similar length (they pad less).
         self.val_by_length = sorted(range(len(self.val)), key=lambda i: self.val.lengths[i])[rank::world]
-        self.references = [normalize_text(item.sentence) for item in self.val.items]
+        self.references = [normalize_text(u.sentence, normalizer=self.vocab.normalizer) for u in self.val.items]
         self.fingerprint = check.fingerprint
         self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True,
                                     lengths=np.asarray(self.train.lengths))
@@ -148,12 +151,17 @@ class ASRConfig(TrainConfig):
         if self.max_seconds <= 0 or self.eval_max_clips < 1 or self.num_workers < 0:
             raise ConfigError("max_seconds and eval_max_clips must be positive, num_workers 0 or more")
 
+    def resolved(self, resumed):
+        """The normaliser settled ("auto" and a resumed run's rule, `choose_normalizer`), so the printed
+        config is the one the run uses."""
+        return dataclasses.replace(self, normalizer=choose_normalizer(self, resumed))
 
-def choose_normalizer(cfg, saved):
+
+def choose_normalizer(cfg, resumed):
     """The transcripts' normaliser (data/transcripts.py): a resumed run keeps the one it trained with
     (a file from before the setting was stored trained with NFC alone); "auto" is bnunicodenormalizer
     where it is installed."""
-    if saved is not None and "normalizer" not in (saved.meta.get("config") or {}):
+    if resumed is not None and "normalizer" not in (resumed.meta.get("config") or {}):
         return "nfc"
     name = cfg.normalizer
     if name == "auto":
@@ -166,21 +174,23 @@ def choose_normalizer(cfg, saved):
     return name
 
 
-def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
-    """(model, task object) of the asr task; `saved` is the checkpoint a run resumes from, or None;
-    `workdir` the run's folder, where the manifest check is kept for later parts (None: not kept)."""
+def build(cfg, device, rank=0, world=1, resumed=None, run_folder=None):
+    """(model, task object) of the asr task; `resumed` is the checkpoint a run resumes from, or None;
+    `run_folder` the run's folder, where the manifest check is kept for later parts (None: not kept)."""
+    # cfg.resolved(resumed) settled the normaliser; choosing again gives the same name, and settles it
+    # for a cfg that was not resolved (a test's) without changing cfg. Made before any transcript is
+    # read: targets and references agree.
+    normalizer = Normalizer(choose_normalizer(cfg, resumed))
     # On resume, the checkpoint's vocabulary, so label ids keep their meaning.
-    vocab = CharVocab.from_dict(saved.meta["task_meta"]["vocab"]) if saved else None
-    cfg.normalizer = choose_normalizer(cfg, saved)  # before any transcript is read: targets and references agree
-    use_normalizer(cfg.normalizer)
-    check = manifest_check(cfg, vocab, workdir, saved, rank)
+    vocab = resumed.meta["task_meta"]["vocab"] if resumed else None
+    check = reuse.asr_manifest_check(cfg, vocab, normalizer, resumed, run_folder, rank)
     task = ASRTask(check, cfg, device, rank, world)
     print(f"data: train: {task.train.report}\n      valid: {task.val.report}\n      vocabulary: {len(task.vocab)} symbols")
     if len(task.val) == 0:  # (a manifest check with no training clip is an error already)
         raise DataError(no_usable_clip(training_csv(cfg.data), task.val, "validation"))
     arch = {"tiny": "tiny", "base": "base", "xlsr53": "large"}[cfg.preset]
     fresh = Wav2Vec2Config.preset(arch, vocab_size=len(task.vocab))
-    saved_config = saved.meta["model_config"] if saved else None
+    saved_config = resumed.meta["model_config"] if resumed else None
     model = models.pretrained_or_fresh(Wav2Vec2ForCTC, cfg.pretrained, saved_config, fresh,
                                        {"vocab_size": len(task.vocab)}, mask_time_prob=cfg.mask_time_prob,
                                        mask_feature_prob=cfg.mask_feature_prob, layerdrop=cfg.layerdrop,

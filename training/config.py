@@ -63,6 +63,12 @@ class TrainConfig:
         if not 0 < self.recover_lr_factor <= 1 or not (self.spike_factor == 0 or self.spike_factor > 1):
             raise ConfigError("recover_lr_factor must be in (0, 1], and spike_factor 0 (off) or above 1")
 
+    def resolved(self, resumed):
+        """The config with the settings that depend on the machine or on the checkpoint `resumed` (or
+        None) settled, before it is printed; nothing changes it after. A task overrides this when it
+        has such settings (asr: the transcripts' normaliser)."""
+        return self
+
 
 def apply_settings(cfg, settings):
     """Return cfg with `key=value` strings applied; an unknown key lists the valid ones."""

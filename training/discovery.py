@@ -18,14 +18,15 @@ import ckpt
 from data import DataError
 from data.inputs import input_roots, walk_inputs
 from training.config import ConfigError
-from training.distributed import any_rank, from_rank0
+from training.distributed import any_rank, decided_on_rank0
 
 
 @dataclasses.dataclass
 class Found:
     path: str
     size: int
-    kind: str = "?"        # "train" (resumable), "weights" (best model), or "?" when unreadable
+    kind: str = "?"        # Baton's "train" (resumable) or "weights" (best model); "other" safetensors
+                           # (pretrained weights); "legacy" .pt/.pth; "?" when the header does not read
     task: str = None
     part: int = None
     epoch: int = None
@@ -43,39 +44,36 @@ def scan(roots, max_depth=6, big_folder=10_000):
     than `big_folder` entries (a competition's audio folder) are not searched, so the scan stays
     quick on /kaggle/input.
     """
-    found, seen = [], set()
-    for root in roots:
-        if not root or not os.path.isdir(root):
-            continue
-        for folder, _, files in walk_inputs(root, max_depth, big_folder):
-            for name in sorted(files):
-                if name.startswith(".") or not name.endswith((".safetensors", ".pt", ".pth")):
-                    continue
-                path = os.path.join(folder, name)
-                real = os.path.realpath(path)
-                if real in seen:
-                    continue
-                seen.add(real)
-                item = Found(path=path, size=os.path.getsize(path))
-                if not name.endswith(".safetensors"):
-                    item.kind = "legacy"
-                    found.append(item)
-                    continue
-                try:
-                    meta = ckpt.read_header(path)
-                    if meta.get("format") != ckpt.FORMAT:
-                        item.kind = "other"
-                    else:
-                        item.kind = meta.get("kind", "train")
-                        item.task = meta.get("task")
-                        item.part = meta.get("part")
-                        item.epoch = meta.get("epoch")
-                        item.step_in_epoch = meta.get("step_in_epoch")
-                        item.global_step = int(meta.get("global_step", -1))
-                except (ckpt.CheckpointError, OSError, ValueError) as e:
-                    item.problem = str(e)
-                found.append(item)
-    return found
+    paths = [os.path.join(folder, name) for root in roots if root and os.path.isdir(root)
+             for folder, _, files in walk_inputs(root, max_depth, big_folder) for name in sorted(files)
+             if not name.startswith(".") and name.endswith((".safetensors", ".pt", ".pth"))]
+    unique = {}  # a file reached twice (a link, an input root inside another) is listed once
+    for path in paths:
+        unique.setdefault(os.path.realpath(path), path)
+    return [describe(path) for path in unique.values()]
+
+
+def describe(path):
+    """A Found for one file: what its header says, or why it does not read."""
+    item = Found(path=path, size=os.path.getsize(path))
+    if not path.endswith(".safetensors"):
+        item.kind = "legacy"
+        return item
+    try:
+        meta = ckpt.read_header(path)
+    except (ckpt.CheckpointError, OSError, ValueError) as e:
+        item.problem = str(e)
+        return item
+    if meta.get("format") != ckpt.FORMAT:
+        item.kind = "other"
+        return item
+    item.kind, item.task, item.part = meta.get("kind", "train"), meta.get("task"), meta.get("part")
+    item.epoch, item.step_in_epoch = meta.get("epoch"), meta.get("step_in_epoch")
+    try:
+        item.global_step = int(meta.get("global_step", -1))
+    except (TypeError, ValueError) as e:
+        item.problem = str(e)
+    return item
 
 
 def newest_valid(found, task=None, kind="train"):
@@ -112,32 +110,35 @@ def find_resume(resume, out, task):
 
 
 def print_discovery(found, saved, roots, task):
-    listed = [f for f in found if f.kind != "other"]
+    listed = sorted((f for f in found if f.kind != "other"), key=lambda f: f.global_step, reverse=True)
     if not listed:
         print(f"no checkpoints under {', '.join(roots)}; starting fresh")
         return
     print(f"checkpoints under {', '.join(roots)} (highest global step first):")
     print(f"  {'part':>4} {'epoch':>5} {'step':>6} {'global':>7} {'size':>9}  status / path")
-    for f in sorted(listed, key=lambda f: f.global_step, reverse=True):
-        if saved is not None and f.path == saved.path:
-            status = "USING: the highest global step that verifies"
-        elif f.problem:
-            status = f"broken, skipped: {f.problem}"
-        elif f.kind == "legacy":
-            status = "legacy .pt/.pth: not read automatically; import with --resume PATH"
-        elif f.task != task:
-            status = f"task {f.task}, not {task}"
-        elif f.kind == "weights":
-            status = "weights only (best model): not a training state"
-        elif saved is not None and f.global_step > saved.meta["global_step"]:
-            status = "broken, skipped"
-        else:
-            status = "ok (header read; older)"
+    for f in listed:
         cells = [f.part, f.epoch, f.step_in_epoch, f.global_step if f.global_step >= 0 else None]
         print("  " + " ".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(cells, (4, 5, 6, 7)))
-              + f" {ckpt.file_size_text(f.size):>9}  {status}\n{'':36s}{f.path}")
+              + f" {ckpt.file_size_text(f.size):>9}  {status(f, saved, task)}\n{'':36s}{f.path}")
     if saved is None:
         print(f"no valid checkpoint of task {task!r} among them; starting fresh")
+
+
+def status(f, saved, task):
+    """What became of a file found, as discovery's listing says it."""
+    if saved is not None and f.path == saved.path:
+        return "USING: the highest global step that verifies"
+    if f.problem:
+        return f"broken, skipped: {f.problem}"
+    if f.kind == "legacy":
+        return "legacy .pt/.pth: not read automatically; import with --resume PATH"
+    if f.task != task:
+        return f"task {f.task}, not {task}"
+    if f.kind == "weights":
+        return "weights only (best model): not a training state"
+    if saved is not None and f.global_step > saved.meta["global_step"]:
+        return "broken, skipped"
+    return "ok (header read; older)"
 
 
 def resolve_part(part, resume, task, saved, found):
@@ -162,22 +163,18 @@ def resolve_part(part, resume, task, saved, found):
 def choose_checkpoint(args, ranks):
     """(checkpoint or None, part number): rank 0 looks and decides, every rank loads what it chose,
     and a file that fails on any rank fails on all (no rank is left waiting for another)."""
-    choice = None
-    if ranks.main:
-        try:
-            saved, found = find_resume(args.resume, args.out, args.task)
-            if saved is not None and saved.meta.get("task") not in (None, args.task):
-                raise ConfigError(f"{saved.path} was trained for task {saved.meta['task']!r}, not {args.task!r}; "
-                                  f"pass --task {saved.meta['task']} or another checkpoint")
-            part = resolve_part(args.part, args.resume, args.task, saved, found)
-            choice = ("ok", saved.path if saved else None, part)
-        except (ConfigError, DataError, ckpt.CheckpointError) as e:
-            choice = ("error", str(e), None)
-    choice = from_rank0(ranks, choice)
-    if choice[0] == "error":
-        raise ConfigError(choice[1])
-    _, path, part = choice
-    problem = None
+    loaded = {}  # rank 0's checkpoint, read while deciding: only its path goes to the other ranks
+
+    def decide():
+        saved, found = find_resume(args.resume, args.out, args.task)
+        if saved is not None and saved.meta.get("task") not in (None, args.task):
+            raise ConfigError(f"{saved.path} was trained for task {saved.meta['task']!r}, not {args.task!r}; "
+                              f"pass --task {saved.meta['task']} or another checkpoint")
+        loaded["saved"] = saved
+        return saved.path if saved else None, resolve_part(args.part, args.resume, args.task, saved, found)
+
+    path, part = decided_on_rank0(ranks, decide, (ConfigError, DataError, ckpt.CheckpointError))
+    saved, problem = loaded.get("saved"), None
     if not ranks.main:
         try:
             saved = ckpt.load_any(path) if path is not None else None

@@ -88,6 +88,22 @@ def from_rank0(ranks, obj):
     return box[0]
 
 
+def decided_on_rank0(ranks, decide, errors):
+    """What `decide()` returns on rank 0, on every rank: rank 0 decides (reads files, writes one) and the
+    others learn the outcome. An error of the `errors` types that it raises is raised on every rank, so
+    that no rank is left waiting in a collective for one that went elsewhere."""
+    outcome = None
+    if ranks.main:
+        try:
+            outcome = (decide(), None)
+        except errors as e:
+            outcome = (None, e)
+    value, error = from_rank0(ranks, outcome)
+    if error is not None:
+        raise error
+    return value
+
+
 def gather(ranks, obj):
     """Every rank's value of a picklable object, as a list in rank order."""
     if ranks.world == 1:

@@ -83,8 +83,8 @@ class Watch:
         return {"loss": loss / units if units else None, "skipped": int(skipped), "bad": bad > 0, "steps": self.steps}
 
 
-def problem(totals, recent_losses, scale, spike_factor):
-    """What is wrong, as a phrase for the log and metrics.json, or None."""
+def symptom(totals, recent_losses, scale, spike_factor):
+    """The symptom of divergence, as a phrase for the log and metrics.json (recorded as `seen`), or None."""
     if totals["bad"]:
         return "a non-finite gradient norm"
     loss = totals["loss"]
@@ -100,7 +100,7 @@ def problem(totals, recent_losses, scale, spike_factor):
     return None
 
 
-def state_problem(model, optimizer):
+def state_symptom(model, optimizer):
     """Names the first weight or optimizer tensor that holds NaN or inf, or None (checked before
     every write: a checkpoint never holds a non-finite state)."""
     named = [(f"weight {n}", p) for n, p in model.named_parameters()]
@@ -146,9 +146,9 @@ def streak(history, back_to):
     return sum(1 for event in history.get("recoveries", []) if event["back_to"] == back_to)
 
 
-def advice(times, good_step, trouble, step, scale, cfg, fp16):
+def advice(times, good_step, symptom, step, scale, cfg, fp16):
     """The sentence a part that gives up ends with: what happened, where it stands, what to try."""
-    return (f"training diverged {times} times after step {good_step} (last: {trouble} at step {step}); the hand-off "
+    return (f"training diverged {times} times after step {good_step} (last: {symptom} at step {step}); the hand-off "
             f"is the last good state, at step {good_step}, with the learning rate at {scale:g} x the plan. Try a "
             f"lower --set lr (now {cfg.lr:g})" + (", --amp bf16 on a GPU that has it" if fp16 else "")
             + (", --set grad_clip=1" if not cfg.grad_clip else "") + ", or check the data")

@@ -2,7 +2,8 @@
 
 `LMConfig` is its settings, `LMTask` what it trains on and how it is scored (the task interface of
 training/__init__.py), and `build` makes both with the model. The text itself, its token file and
-windows are data/text.py's; the tokenizers data/tokenizers.py's.
+windows are data/text.py's (where the token file is looked for, training/reuse.py's); the tokenizers
+data/tokenizers.py's.
 """
 
 import dataclasses
@@ -14,8 +15,9 @@ import torch
 import model as models
 from data import DataError
 from data.sampler import EpochSampler
-from data.text import DEFAULT_CORPUS, TokenWindows, describe_change, token_file
+from data.text import DEFAULT_CORPUS, TokenWindows, describe_change
 from model.gpt import GPT, GPTConfig
+from training import reuse
 from training.config import ConfigError, TrainConfig
 
 
@@ -89,11 +91,13 @@ class LMConfig(TrainConfig):
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
-def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
-    """(model, task object) of the lm task; `saved` is the checkpoint a run resumes from, or None."""
+def build(cfg, device, rank=0, world=1, resumed=None, run_folder=None):
+    """(model, task object) of the lm task; `resumed` is the checkpoint a run resumes from, or None;
+    `run_folder` the run's folder, where the token file is kept for later parts (None: kept in memory)."""
     # Tokenized once into a token file that later parts map; resuming keeps the checkpoint's tokenizer.
-    source = token_file(cfg, saved, workdir, rank)
-    before = saved.meta["task_meta"].get("corpus") if saved else None
+    source = reuse.lm_token_file(cfg, resumed.meta["task_meta"]["tokenizer"] if resumed else None, resumed,
+                                 run_folder, rank)
+    before = resumed.meta["task_meta"].get("corpus") if resumed else None
     if before and source.corpus != before:
         print(f"note: the corpus {cfg.data or DEFAULT_CORPUS} is not the one the checkpoint trained on "
               f"({describe_change(before, source.corpus)}); its tokens were made again with the checkpoint's tokenizer")
@@ -104,7 +108,7 @@ def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
           f"{len(task.train):,} train / {len(task.val):,} val windows of {cfg.block_size}")
     fresh = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                       n_head=cfg.n_head, n_embd=cfg.n_embd)
-    saved_config = saved.meta["model_config"] if saved else None
+    saved_config = resumed.meta["model_config"] if resumed else None
     try:
         model = models.pretrained_or_fresh(GPT, cfg.pretrained, saved_config, fresh, {"block_size": cfg.block_size},
                                            dropout=cfg.dropout, attn_dropout=cfg.attn_dropout)

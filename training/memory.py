@@ -1,10 +1,10 @@
 """Out of memory in a step: training a micro-batch in pieces, without changing the run.
 
-The loss of a step is normalised by the units (tokens, CTC labels, rows) of its whole window, so a
+The loss of a step is normalised by the units (tokens, CTC labels, rows) of its whole step, so a
 micro-batch trained as two halves, each forward and backward on its own, adds the same gradient up
 to float rounding; its dropout and SpecAugment draws are those of a run with half the micro-batch.
 train_part.py's step catches `torch.OutOfMemoryError`, undoes the failed attempt (the gradients
-and the random draws of the window) and trains the micro-batch in twice the pieces, down to one
+and the random draws of the step) and trains the micro-batch in twice the pieces, down to one
 sample; one sample that does not fit is `OutOfMemory`, one sentence.
 
 Which micro-batch was trained in how many pieces is the run's, like its batch size: each split goes
@@ -49,7 +49,7 @@ def describe(inputs):
     return ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
 
 
-def planned_pieces(history, step, index):
+def pieces_for(history, step, index):
     """How many pieces micro-batch `index` of optimizer step `step` (1-based) is trained in, by the record."""
     pieces = 1
     for split in history.get("splits", []):
@@ -59,11 +59,11 @@ def planned_pieces(history, step, index):
     return pieces
 
 
-def plan_split(history, step, index, inputs, device):
+def split_further(history, step, index, inputs, device):
     """Micro-batch `index` of step `step` ran out of memory: record twice its pieces (and, after
     repeated splits, the same for all micro-batches from here on); returns what to print. One
     sample that does not fit raises OutOfMemory."""
-    rows, pieces = rows_of(inputs), planned_pieces(history, step, index)
+    rows, pieces = rows_of(inputs), pieces_for(history, step, index)
     if pieces >= rows:
         raise OutOfMemory(
             f"out of memory at step {step}: micro-batch {index} of the step does not fit on the {device} even as "
@@ -79,7 +79,7 @@ def plan_split(history, step, index, inputs, device):
     if singles >= SPLITS_BEFORE_LOWERING and pieces > for_all:
         splits.append({"step": step, "micro_batch": "all", "pieces": pieces})
         said += (f"; after {singles} splits every micro-batch from step {step} on is trained in {pieces} pieces "
-                 f"(the window, and so the optimisation, stays the same)")
+                 f"(the step, and so the optimisation, stays the same)")
     return said
 
 
@@ -138,7 +138,7 @@ def probe_part(part):
         part.optimizer.zero_grad(set_to_none=True)
         ckpt.restore_rng(rng)
     pieces = max(gather(part.ranks, pieces))  # every rank trains in the pieces the tightest one needs
-    if pieces > planned_pieces(part.history, step, "all"):
+    if pieces > pieces_for(part.history, step, "all"):
         part.history.setdefault("splits", []).append({"step": step, "micro_batch": "all", "pieces": pieces})
-        said += f": from step {step} on, every micro-batch is trained in {pieces} pieces (the same window, the same run)"
+        said += f": from step {step} on, every micro-batch is trained in {pieces} pieces (the same steps, the same run)"
     return said

@@ -355,7 +355,7 @@ def close_part(history, part, step, seconds, step_seconds):
                  steps_per_second=round(steps / step_seconds, 3) if steps and step_seconds > 0 else None)
 
 
-def plan(history, total_steps, step, budget_hours):
+def progress_line(history, total_steps, step, budget_hours):
     """The line printed as a part starts and as it ends: where the run stands, the step rate of the
     newest part that measured one, and how many more parts of `budget_hours` the rest needs at that
     rate (the seeds keep this "Time Budget per Part" table by hand)."""

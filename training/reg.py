@@ -17,7 +17,7 @@ import xxhash
 import ckpt
 import model as models
 from data.table import (DEFAULT_ID, DEFAULT_TRAIN, RegRows, Standardizer, decode_target, encode_target, extreme_values,
-                        mae, read_table, smape, split_rows)
+                        mae, read_table, smape, train_val_rows)
 from data.sampler import EpochSampler
 from data.tokenizers import make_tokenizer, tokenizer_from_dict
 from model.gpt import GPT, GPTConfig
@@ -118,8 +118,9 @@ def numeric_column_list(cfg):
     return [c.strip() for c in cfg.numeric_columns.split(",") if c.strip()]
 
 
-def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
-    """(model, task object) of the reg task; `saved` is the checkpoint a run resumes from, or None."""
+def build(cfg, device, rank=0, world=1, resumed=None, run_folder=None):
+    """(model, task object) of the reg task; `resumed` is the checkpoint a run resumes from, or None
+    (`run_folder`, the run's folder, is not used: reading a table is quick)."""
     numeric_columns = numeric_column_list(cfg)
     path = cfg.data or DEFAULT_TRAIN
     # Training never reads ids: only the validation split does, and row numbers serve it as well.
@@ -129,15 +130,15 @@ def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
     if cfg.id_column and not table.id_column:
         print(f"note: {path} has no {cfg.id_column!r} column, so its rows are named by their numbers (1 = the first "
               f"after the header), which then pick the validation split: keep the rows in this order between parts")
-    train_rows, val_rows = split_rows(table, cfg.val_fraction, path)
+    train_rows, val_rows = train_val_rows(table, cfg.val_fraction, path)
     print(f"data: {table.report}; {len(train_rows):,} train / {len(val_rows):,} validation rows")
     gpt, text_cfg = None, None
-    if saved:  # the checkpoint's tokenizer and feature statistics, so inputs keep their meaning
-        meta = saved.meta["task_meta"]
+    if resumed:  # the checkpoint's tokenizer and feature statistics, so inputs keep their meaning
+        meta = resumed.meta["task_meta"]
         tokenizer = tokenizer_from_dict(meta["tokenizer"]) if meta["tokenizer"] else None
         standardize = Standardizer.from_dict(meta["standardizer"]) if meta["standardizer"] else None
         if cfg.text_column and cfg.pretrained:  # as in pretrained_or_fresh: the pretrained architecture
-            text_cfg = {**saved.meta["model_config"]["text"], "dropout": cfg.dropout}
+            text_cfg = {**resumed.meta["model_config"]["text"], "dropout": cfg.dropout}
     else:
         tokenizer = None
         if cfg.text_column and cfg.pretrained:
@@ -155,7 +156,7 @@ def build(cfg, device, rank=0, world=1, saved=None, workdir=None):
                                       dropout=cfg.dropout, pooling=cfg.pooling, loss=cfg.loss))
     if gpt is not None:
         model.backbone.load_state_dict(gpt.state_dict())
-    if not saved:
+    if not resumed:
         # Start at the mean log-target, so the head learns deviations instead of first finding the scale.
         with torch.no_grad():
             model.head[-1].bias.fill_(float(encode_target(table.target[train_rows]).mean()))
