@@ -47,7 +47,6 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -61,19 +60,21 @@ from data import DataError  # noqa: E402
 from model.hf_weights import WeightsError  # noqa: E402
 from training import divergence  # noqa: E402
 from training.budget import TimeBudget, format_seconds  # noqa: E402
-from training.config import ConfigError, print_config, resolve_settings  # noqa: E402
+from training.config import (ConfigError, keep_global_batch, note_plan_change, print_config,  # noqa: E402
+                             resolve_settings)
 from training.devices import choose_device  # noqa: E402
 from training.discovery import choose_checkpoint  # noqa: E402
-from training.distributed import (all_ranks, any_rank, decided_on_rank0, from_rank0, gather,  # noqa: E402
-                                  start_processes, sum_over_ranks)
+from training.distributed import (all_ranks, any_rank, claim_error, decided_on_rank0, from_rank0,  # noqa: E402
+                                  gather, sibling_error, start_processes, sum_over_ranks, torchrun_launcher,
+                                  under_torchrun)
 from training.divergence import RollBackPoint  # noqa: E402
-from training.memory import OutOfMemory, pieces_for, probe_part, split_further, split_rows  # noqa: E402
+from training.memory import OutOfMemory, pieces_for, probe_part, rows_of, split_further, split_rows  # noqa: E402
 from training.optimizer import make_optimizer  # noqa: E402
 from training.record import (close_part, new_history, progress_line, recent, record, write_metrics,  # noqa: E402
                              write_plots)
 from training.signals import Interrupted, signals_at_once, stop  # noqa: E402
-from training.state import (Best, Position, header, random_seed_everything, restore, roll_back,  # noqa: E402
-                            roll_back_point_at_start, training_state)
+from training.state import (Best, Position, draw_seed, header, random_seed_everything, restore,  # noqa: E402
+                            roll_back, roll_back_point_at_start, training_state)
 from training.tasks import TASKS  # noqa: E402
 
 COMMANDS = {"train": "python train_part.py", "infer": "python infer.py"}  # as printed (kaggle_kernel.py sets its own)
@@ -137,12 +138,19 @@ def main(argv=None, started=None):
         return 0
     except Interrupted as e:
         if not part.ready:  # nothing was written: a token file or manifest check being made is removed whole
+            failed = sibling_error()  # torchrun stops the other processes once one has failed
+            if failed is not None:
+                print(f"stopped: torchrun stopped this process ({e} while setting up) because another one "
+                      f"failed: {failed}")
+                return 0  # torchrun's report names the one that failed, not this one
             start = f"from {part.chosen.path}" if part.chosen is not None else "where this one would have"
+            launcher = (" (under torchrun this is usually the launcher stopping this process after another one "
+                        "failed: see the errors above)") if under_torchrun() else ""
             print(f"stopped: {e} while setting up, before this part's first step; nothing new to hand off, and "
-                  f"the next part starts {start}")
+                  f"the next part starts {start}{launcher}")
         return 0
     except (ConfigError, DataError, ckpt.CheckpointError, WeightsError) as e:  # one sentence each
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank raises it: say it once
+        if claim_error(str(e)):  # under torchrun: the first process of the node to fail says it, whatever its rank
             print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -218,12 +226,18 @@ def train_step(part, micro_batches, lr):
 
 
 def with_stand_in(part, micro_batches):
-    """The micro-batches this rank trains: those with inputs (None: unreadable clips, asr). Under DDP
-    every rank joins the gradient exchange once a step, so a rank left with nothing (an epoch's short
-    last step, or only unreadable clips) trains a stand-in: its previous micro-batch again, weighed 0."""
-    real = [(inputs, count) for inputs, count in micro_batches if inputs is not None]
-    if part.ranks.world > 1 and not real and part.last_inputs is not None:
-        return [(part.last_inputs, 0)]
+    """(inputs, units, first sample) of each micro-batch this rank trains: those with inputs (None:
+    unreadable clips, asr). Under DDP every rank joins the gradient exchange once a step, so a rank
+    left with nothing (an epoch's short last step, or only unreadable clips) trains a stand-in: its
+    previous micro-batch again, weighed 0. The first sample is the micro-batch's place among the
+    step's samples, the same on any number of processes (micro-batch j of rank r is micro-batch
+    r + j * world of the step); None where the draws are per rank (random_draws=rank) or do not count."""
+    ranks, cfg = part.ranks, part.cfg
+    by_sample = cfg.random_draws == "sample"
+    real = [(inputs, count, (ranks.rank + j * ranks.world) * cfg.batch_size if by_sample else None)
+            for j, (inputs, count) in enumerate(micro_batches) if inputs is not None]
+    if ranks.world > 1 and not real and part.last_inputs is not None:
+        return [(part.last_inputs, 0, None)]
     return real
 
 
@@ -247,20 +261,28 @@ def forward_backward(part, micro_batches, step_units):
 
 
 def pieces_of_step(part, micro_batches, step):
-    """(micro-batch index, inputs, weight) of every piece trained in step `step`: each micro-batch in the
-    pieces the record plans for it (1 unless it ran out of memory before); weight 0 for a stand-in."""
-    return [(i, piece, 0.0 if count == 0 else 1.0) for i, (inputs, count) in enumerate(micro_batches)
-            for piece in split_rows(inputs, pieces_for(part.history, step, i))]
+    """(micro-batch index, inputs, weight, seed) of every piece trained in step `step`: each micro-batch in
+    the pieces the record plans for it (1 unless it ran out of memory before); weight 0 for a stand-in.
+    The seed of a piece's random draws follows from the samples it holds (training/state.py's
+    draw_seed), so a micro-batch in halves draws as two micro-batches of half the size would."""
+    pieces = []
+    for i, (inputs, count, first) in enumerate(micro_batches):
+        for piece in split_rows(inputs, pieces_for(part.history, step, i, inputs)):
+            rows = rows_of(piece)
+            seed = None if first is None else draw_seed(part.cfg.seed, step, first, rows)
+            pieces.append((i, piece, 0.0 if count == 0 else 1.0, seed))
+            first = None if first is None else first + rows
+    return pieces
 
 
 def train_pieces(part, pieces, step_units):
     """Forward and backward of every piece; (the summed loss, None), or (None, i) when micro-batch i
     ran out of memory: leaving this frame frees what the failed attempt held."""
     step_loss = torch.zeros((), device=part.device)
-    for k, (i, inputs, weight) in enumerate(pieces):
+    for k, (i, inputs, weight, seed) in enumerate(pieces):
         exchange = part.ranks.world == 1 or k == len(pieces) - 1  # gradients cross ranks once, after the last
         try:
-            step_loss += train_piece(part, inputs, weight, step_units, exchange)
+            step_loss += train_piece(part, inputs, weight, seed, step_units, exchange)
         except torch.OutOfMemoryError:
             if part.ranks.world > 1:  # the other ranks are on their way into the exchange: no going back alone
                 raise OutOfMemory(f"out of memory at step {part.position.global_step + 1} in micro-batch {i} on rank "
@@ -271,8 +293,10 @@ def train_pieces(part, pieces, step_units):
     return step_loss, None
 
 
-def train_piece(part, inputs, weight, step_units, exchange):
+def train_piece(part, inputs, weight, seed, step_units, exchange):
     """Forward and backward of one piece; returns its loss, summed over its units and detached."""
+    if seed is not None:  # dropout, masks and LayerDrop of these samples, whatever the number of processes
+        torch.manual_seed(seed)
     with contextlib.nullcontext() if exchange else part.train_model.no_sync():
         with part.autocast():
             _, loss_sum = part.train_model(**inputs)
@@ -508,12 +532,13 @@ def finish(part, stop_reason):
               f"or download {path} and upload it as a dataset.")
 
 
-def next_command(part):
-    """The command that continues the run in the next session."""
+def next_command(part, environ=None):
+    """The command that continues the run in the next session (over several nodes, with torchrun's node
+    and rendezvous flags: training/distributed.py's torchrun_launcher)."""
     args, world = part.args, part.ranks.world
     out_flag = "" if part.run_folder == os.path.join(".", "runs", args.task) else f" --out {part.run_folder}"
     launcher = COMMANDS["train"] if world == 1 else \
-        COMMANDS["train"].replace("python ", f"torchrun --nproc_per_node {world} ", 1)
+        COMMANDS["train"].replace("python ", f"{torchrun_launcher(world, environ)} ", 1)
     hours = f" --budget-hours {args.budget_hours:g}" if args.budget_hours else ""
     return f"{launcher} --task {args.task} --part {part.number + 1}{hours}{out_flag}"
 
@@ -633,6 +658,7 @@ class Part:
         processes = f" x {world} processes" if world > 1 else ""
         print(f"model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters on {self.device}"
               f"{processes} (amp {self.amp}); {self.steps_per_epoch} steps/epoch, {self.total_steps} planned steps")
+        note_plan_change(self)
 
     def resume(self):
         """Where training stands: from the chosen checkpoint, or the start; and what the loop keeps."""
@@ -674,31 +700,13 @@ class Part:
 # -----------------------------------------------------------------------------
 # Setting up: the config, the model for training, the optimizer, the device
 
-def resolve_config(args, resumable):
+def resolve_config(args, resumed):
     """Defaults + --set for a fresh run; the checkpoint's config + --set when resuming (training/config.py).
     Each task's config extends TrainConfig, the fields every task has (training/lm.py, asr.py, reg.py)."""
     cli = list(args.settings) + ([f"data={args.data}"] if args.data is not None else []) + \
         ([f"seed={args.seed}"] if args.seed is not None else [])
-    saved_config = resumable.meta.get("config") if resumable is not None else None
+    saved_config = resumed.meta.get("config") if resumed is not None else None
     return resolve_settings(TASKS[args.task].config, cli, saved_config if isinstance(saved_config, dict) else None)
-
-
-def keep_global_batch(cfg, args, resumable, world):
-    """On another number of processes than the checkpoint's, grad_accum scales so that a step still
-    takes the same micro-batches: T4 x2 -> one GPU (and back) is the same run, up to float rounding."""
-    before = resumable.meta.get("world_size", 1) if resumable is not None else world
-    if before == world or any(s.startswith("grad_accum=") for s in args.settings):
-        return cfg
-    per_step = cfg.grad_accum * before
-    if per_step % world:
-        print(f"warning: a step of {per_step} micro-batches ({before} process(es) x grad_accum {cfg.grad_accum}) cannot "
-              f"be dealt evenly to {world} processes, so from here a step takes {cfg.grad_accum * world} and the run "
-              f"differs from an uninterrupted one (--set grad_accum=N chooses another)")
-        return cfg
-    print(f"note: the checkpoint was written by {before} process(es) and this part has {world}: grad_accum "
-          f"{cfg.grad_accum} -> {per_step // world} keeps a step at {per_step} micro-batches, so the run goes on with "
-          f"the same samples at the same steps and the same learning rates (weights equal up to float rounding)")
-    return dataclasses.replace(cfg, grad_accum=per_step // world)
 
 
 def wrap_for_training(model, cfg, ranks, device):

@@ -15,7 +15,7 @@ from conftest import tiny_lm_args
 from model.regression import Regressor, RegressorConfig
 from training import devices
 from training.tasks import TASKS
-from training.config import ConfigError
+from training.config import ConfigError, keep_global_batch
 from training.distributed import start_processes
 from training.optimizer import load_optimizer_state
 
@@ -159,9 +159,23 @@ def test_the_regression_head_computes_in_fp32_under_autocast():
 def test_a_step_that_cannot_be_dealt_evenly_to_the_new_ranks_is_said(capsys):
     saved = types.SimpleNamespace(is_training=True, meta={"world_size": 1})
     cfg, args = TASKS["lm"].config(grad_accum=3), types.SimpleNamespace(settings=[])
-    assert train_part.keep_global_batch(cfg, args, saved, 3).grad_accum == 1  # 3 micro-batches a step either way
-    assert train_part.keep_global_batch(cfg, args, saved, 2).grad_accum == 3
+    assert keep_global_batch(cfg, args, saved, 3).grad_accum == 1  # 3 micro-batches a step either way
+    assert keep_global_batch(cfg, args, saved, 2).grad_accum == 3
     assert "a step of 3 micro-batches (1 process(es) x grad_accum 3) cannot be dealt evenly to 2 processes" \
         in capsys.readouterr().out
     told = types.SimpleNamespace(settings=["grad_accum=5"])  # the command line wins
-    assert train_part.keep_global_batch(cfg, told, saved, 3).grad_accum == 3
+    assert keep_global_batch(cfg, told, saved, 3).grad_accum == 3
+
+
+def test_a_repeated_set_is_no_change_and_another_global_batch_is_said(tmp_path, corpus, capsys):
+    # tiny_lm_args: micro-batches of 4, grad_accum 2, 23 micro-batches an epoch -> 12 steps an epoch.
+    assert train(tmp_path, corpus, "--max-steps", "3") == 0
+    capsys.readouterr()
+    assert train(tmp_path, corpus, "--max-steps", "5", "--set", "grad_accum=2", part=2) == 0  # the same line again
+    said = capsys.readouterr().out
+    assert "changed from" not in said and "global batch" not in said
+    assert train(tmp_path, corpus, "--max-steps", "7", "--set", "grad_accum=3", part=3) == 0
+    said = capsys.readouterr().out
+    assert "warning: grad_accum changed from 2 to 3 on resume" in said
+    assert ("note: the global batch goes from 8 samples a step (4 x grad_accum 2 x 1 process(es)) to 12 (4 x 3 x 1), "
+            "and the plan from 12 to 8 steps an epoch") in said

@@ -154,7 +154,7 @@ class ASRConfig(TrainConfig):
     def resolved(self, resumed):
         """The normaliser settled ("auto" and a resumed run's rule, `choose_normalizer`), so the printed
         config is the one the run uses."""
-        return dataclasses.replace(self, normalizer=choose_normalizer(self, resumed))
+        return dataclasses.replace(super().resolved(resumed), normalizer=choose_normalizer(self, resumed))
 
 
 def choose_normalizer(cfg, resumed):

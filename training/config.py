@@ -1,4 +1,5 @@
-"""Settings: the fields every task has (`TrainConfig`), and how `--set key=value` changes them.
+"""Settings: the fields every task has (`TrainConfig`), how `--set key=value` changes them, and how a
+resumed run keeps its global batch on another number of processes (`keep_global_batch`).
 
 Each task extends TrainConfig in its own module: `training/lm.py`'s LMConfig, `asr.py`'s ASRConfig,
 `reg.py`'s RegConfig. A config is printed when a part starts and stored in every checkpoint; a resumed
@@ -6,6 +7,7 @@ part starts from the checkpoint's config, with the command line's `--set` applie
 """
 
 import dataclasses
+import math
 import typing
 
 
@@ -18,6 +20,10 @@ class TrainConfig:
     """Fields every task has: the plan of the whole run (all parts) and how it is saved."""
     data: str = ""                  # training data path; "" = the embedded sample
     seed: int = 1337                # seeds model init, data order and dropout
+    # Where dropout, attention dropout, SpecAugment and LayerDrop draw from: "sample" = a stream per
+    # micro-batch, seeded by (seed, step, micro-batch of the step), the same on any number of processes;
+    # "rank" = one stream per process (batons written before Baton had this setting keep it).
+    random_draws: str = "sample"
     epochs: int = 10                # passes over the training data in phase 1 (the main phase)
     batch_size: int = 16            # samples per micro-batch
     grad_accum: int = 1             # micro-batches per optimizer step
@@ -54,6 +60,8 @@ class TrainConfig:
                      "max_recoveries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more (got {getattr(self, name)})")
+        if self.random_draws not in ("sample", "rank"):
+            raise ConfigError(f"random_draws must be 'sample' or 'rank' (got {self.random_draws!r})")
         if not self.lr > 0 or not self.phase2_lr > 0:
             raise ConfigError("lr and phase2_lr must be positive")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -66,7 +74,10 @@ class TrainConfig:
     def resolved(self, resumed):
         """The config with the settings that depend on the machine or on the checkpoint `resumed` (or
         None) settled, before it is printed; nothing changes it after. A task overrides this when it
-        has such settings (asr: the transcripts' normaliser)."""
+        has such settings (asr: the transcripts' normaliser). A checkpoint from before `random_draws`
+        was stored drew per rank, and goes on doing so: it resumes exactly as it did."""
+        if resumed is not None and "random_draws" not in (resumed.meta.get("config") or {}):
+            return dataclasses.replace(self, random_draws="rank")
         return self
 
 
@@ -107,6 +118,49 @@ def resolve_settings(cfg_cls, settings, saved_config=None):
             print(f"warning: {f.name} changed from {getattr(old, f.name)!r} to {getattr(cfg, f.name)!r} on resume; "
                   f"the run will not be identical to an uninterrupted one")
     return cfg
+
+
+def keep_global_batch(cfg, args, resumed, world):
+    """On another number of processes than the checkpoint's, grad_accum scales so that a step still
+    takes the same micro-batches: T4 x2 -> one GPU (and back) is the same run, up to float rounding.
+    A --set grad_accum that repeats the checkpoint's value (the same command line again) asks for
+    nothing new; another value is the user's, and the line in plan_steps says what it changes."""
+    before = resumed.meta.get("world_size", 1) if resumed is not None else world
+    saved_accum = (resumed.meta.get("config") or {}).get("grad_accum") if resumed is not None else None
+    asked = any(s.partition("=")[0].strip() == "grad_accum" for s in args.settings)
+    if before == world or (asked and cfg.grad_accum != saved_accum):
+        return cfg
+    per_step = cfg.grad_accum * before
+    if per_step % world:
+        print(f"warning: a step of {per_step} micro-batches ({before} process(es) x grad_accum {cfg.grad_accum}) cannot "
+              f"be dealt evenly to {world} processes, so from here a step takes {cfg.grad_accum * world} and the run "
+              f"differs from an uninterrupted one (--set grad_accum=N chooses another)")
+        return cfg
+    print(f"note: the checkpoint was written by {before} process(es) and this part has {world}: grad_accum "
+          f"{cfg.grad_accum} -> {per_step // world} keeps a step at {per_step} micro-batches, so the run goes on with "
+          f"the same samples at the same steps and the same learning rates (weights equal up to float rounding)")
+    return dataclasses.replace(cfg, grad_accum=per_step // world)
+
+
+def note_plan_change(part):
+    """One line when this part's step takes other samples than the checkpoint's did (another
+    batch_size or grad_accum, or a step that cannot be dealt evenly to this many processes): the
+    global batch and the plan, before and after."""
+    resumed = part.resumed
+    if resumed is None or not isinstance(resumed.state.get("sampler"), dict):
+        return
+    old_cfg, old_world = resumed.meta.get("config") or {}, resumed.meta.get("world_size", 1)
+    old_batch, old_accum = old_cfg.get("batch_size"), old_cfg.get("grad_accum")
+    if old_batch is None or old_accum is None:
+        return
+    old_global, new_global = old_batch * old_accum * old_world, part.cfg.batch_size * part.cfg.grad_accum * part.ranks.world
+    old_steps = math.ceil(resumed.state["sampler"]["batches_per_epoch"] / (old_accum * old_world))
+    if old_global == new_global and old_steps == part.steps_per_epoch:
+        return
+    print(f"note: the global batch goes from {old_global} samples a step ({old_batch} x grad_accum {old_accum} x "
+          f"{old_world} process(es)) to {new_global} ({part.cfg.batch_size} x {part.cfg.grad_accum} x {part.ranks.world}), "
+          f"and the plan from {old_steps:,} to {part.steps_per_epoch:,} steps an epoch: from here the run differs "
+          f"from an uninterrupted one")
 
 
 def parse_setting(cls, key, raw):

@@ -9,10 +9,18 @@ sample; one sample that does not fit is `OutOfMemory`, one sentence.
 
 Which micro-batch was trained in how many pieces is the run's, like its batch size: each split goes
 into the record (`splits`, carried by every checkpoint), and a resumed part trains the same steps
-in the same pieces on any machine. After SPLITS_BEFORE_LOWERING splits, every micro-batch from
-that step on is trained in that many pieces (an entry with micro_batch "all"), so a run whose long
-batches keep failing stops paying a failed attempt for each. `--set probe_memory=true` decides
-that before the first step, from the part's largest micro-batch (`probe`).
+in the same pieces on any machine. A split also records the shapes of the piece that ran out of
+memory (`failed`: the largest piece of the failed attempt, {tensor name: shape}); from that step
+on, a micro-batch starts in the fewest pieces (1, 2, 4, ... as the splits go) whose largest piece
+is smaller in some dimension than every piece that ran out of memory, since memory grows with
+every dimension: a run of same-shaped batches pays the failed attempts of its first step only,
+not of every step. After SPLITS_BEFORE_LOWERING splits, every micro-batch from that step on is
+trained in that many pieces (an entry with micro_batch "all"), so a run whose batches keep failing
+in shapes no earlier failure covers (long clips of ever new lengths) stops paying a failed attempt
+for each. `--set probe_memory=true` decides that before the first step, from the part's largest
+micro-batch (`probe`). Every decision is a function of the record's entries up to the step and of
+the micro-batch's shapes, never of the machine: a resumed part splits exactly as the run did.
+Entries without `failed` (older records) mean what they always did: their step and micro-batch.
 """
 
 import torch
@@ -44,36 +52,64 @@ def split_rows(inputs, pieces):
     return [{k: cut[k][i] if cut[k] is not None else v for k, v in inputs.items()} for i in range(pieces)]
 
 
+def shapes_of(inputs):
+    """A micro-batch's tensors' shapes, as the record holds them: {'idx': [4, 16], 'targets': [4, 16]}."""
+    return {k: list(v.shape) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+
+def words(shapes):
+    """Shapes as words: 'input_values 8x250000, attention_mask 8x250000'."""
+    return ", ".join(f"{k} {'x'.join(map(str, shape))}" for k, shape in shapes.items())
+
+
 def describe(inputs):
-    """A micro-batch's tensors as words: 'input_values 8x250000, attention_mask 8x250000'."""
-    return ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
+    """A micro-batch's tensors as words."""
+    return words(shapes_of(inputs))
 
 
-def pieces_for(history, step, index):
-    """How many pieces micro-batch `index` of optimizer step `step` (1-based) is trained in, by the record."""
-    pieces = 1
+def at_least(shapes, failed):
+    """Whether tensors of `shapes` are at least as large as `failed` in every dimension of every tensor
+    (the same tensors, each with as many dimensions): then they need at least as much memory."""
+    return shapes.keys() == failed.keys() and all(
+        len(shapes[k]) == len(failed[k]) and all(a >= b for a, b in zip(shapes[k], failed[k])) for k in failed)
+
+
+def pieces_for(history, step, index, inputs=None):
+    """How many pieces micro-batch `index` of optimizer step `step` (1-based) is trained in, by the record:
+    the most of its own splits and the "all" entries up to the step, then, given its `inputs`, twice
+    that (as split_further would go) while its largest piece is at least as large as one that ran out
+    of memory at this step or before. Only entries up to `step` count, so the answer for a step is
+    the one the run gave it, whatever later steps added."""
+    pieces, failed = 1, []
     for split in history.get("splits", []):
         if (split["micro_batch"] == "all" and split["step"] <= step) or \
                 (split["micro_batch"] == index and split["step"] == step):
             pieces = max(pieces, split["pieces"])
+        if "failed" in split and split["step"] <= step:
+            failed.append(split["failed"])
+    if inputs is not None and failed:
+        rows = rows_of(inputs)
+        while pieces < rows and any(at_least(shapes_of(split_rows(inputs, pieces)[0]), f) for f in failed):
+            pieces = min(2 * pieces, rows)
     return pieces
 
 
 def split_further(history, step, index, inputs, device):
-    """Micro-batch `index` of step `step` ran out of memory: record twice its pieces (and, after
-    repeated splits, the same for all micro-batches from here on); returns what to print. One
-    sample that does not fit raises OutOfMemory."""
-    rows, pieces = rows_of(inputs), pieces_for(history, step, index)
+    """Micro-batch `index` of step `step` ran out of memory: record twice its pieces and the shapes of
+    the piece that failed (and, after repeated splits, the same pieces for all micro-batches from
+    here on); returns what to print. One sample that does not fit raises OutOfMemory."""
+    rows, pieces = rows_of(inputs), pieces_for(history, step, index, inputs)
     if pieces >= rows:
         raise OutOfMemory(
             f"out of memory at step {step}: micro-batch {index} of the step does not fit on the {device} even as "
             f"single samples ({describe(split_rows(inputs, rows)[0])}); try --set grad_checkpointing=true, shorter samples (asr: "
             f"max_seconds, lm: block_size), --amp fp16 or bf16 on a GPU, or a GPU with more memory")
+    failed = shapes_of(split_rows(inputs, pieces)[0])  # the largest piece of the attempt that failed
     pieces = min(2 * pieces, rows)
     splits = history.setdefault("splits", [])
-    splits.append({"step": step, "micro_batch": index, "pieces": pieces})
+    splits.append({"step": step, "micro_batch": index, "pieces": pieces, "failed": failed})
     said = (f"step {step}: out of memory in micro-batch {index} ({describe(inputs)}): trained in {pieces} pieces "
-            f"(the same gradient up to float rounding)")
+            f"(the same gradient up to float rounding); no piece as large as {words(failed)} is tried again")
     singles = sum(1 for split in splits if split["micro_batch"] != "all")
     for_all = max((split["pieces"] for split in splits if split["micro_batch"] == "all"), default=1)
     if singles >= SPLITS_BEFORE_LOWERING and pieces > for_all:

@@ -177,6 +177,14 @@ def training_state(part, rng_states, good):
                         "batches_per_epoch": len(part.task.sampler)}}
 
 
+def draw_seed(seed, step, first, samples):
+    """The seed of the random draws (dropout, masks, LayerDrop) of the `samples` samples from the
+    `first`-th of optimizer step `step` (1-based), counted over all ranks in micro-batches of
+    batch_size: the same samples draw the same on any number of processes, and a micro-batch trained
+    in pieces draws as micro-batches of the pieces' size would."""
+    return int(np.random.SeedSequence([seed % 2**32, step, first, samples]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def random_seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
