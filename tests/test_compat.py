@@ -112,6 +112,7 @@ def test_an_old_baton_resumes_the_same_run(tmp_path, corpus, task):
         return ckpt.load(out / f"checkpoint_part{len(stops) + 1}.safetensors")
 
     once = resume(tmp_path / "once", steps)
+    assert once.meta["config"]["random_draws"] == "rank"  # as it began: one stream of draws per process
     expected = ckpt.load(os.path.join(FIXTURES, f"{task}_part2_expected.safetensors"))
     assert_same_state(once, expected)  # made on another machine: up to float rounding
     twice = resume(tmp_path / "twice", steps - 2, steps)  # on this one: bit for bit

@@ -20,10 +20,14 @@ class TrainConfig:
     """Fields every task has: the plan of the whole run (all parts) and how it is saved."""
     data: str = ""                  # training data path; "" = the embedded sample
     seed: int = 1337                # seeds model init, data order and dropout
-    # Where dropout, attention dropout, SpecAugment and LayerDrop draw from: "sample" = a stream per
-    # micro-batch, seeded by (seed, step, micro-batch of the step), the same on any number of processes;
-    # "rank" = one stream per process (batons written before Baton had this setting keep it).
+    # Where dropout, attention dropout, SpecAugment and LayerDrop draw from: "sample" = streams seeded by
+    # (seed, step, the samples' place in the step), the same on any number of processes; "rank" = one
+    # stream per process (batons written before Baton had this setting keep it).
     random_draws: str = "sample"
+
+    # What a checkpoint written before a field existed ran with, where that differs from the default:
+    # resuming it goes on as it began (`resolve_settings`), unless --set says otherwise.
+    BEFORE_STORED: typing.ClassVar[dict] = {"random_draws": "rank"}
     epochs: int = 10                # passes over the training data in phase 1 (the main phase)
     batch_size: int = 16            # samples per micro-batch
     grad_accum: int = 1             # micro-batches per optimizer step
@@ -74,10 +78,7 @@ class TrainConfig:
     def resolved(self, resumed):
         """The config with the settings that depend on the machine or on the checkpoint `resumed` (or
         None) settled, before it is printed; nothing changes it after. A task overrides this when it
-        has such settings (asr: the transcripts' normaliser). A checkpoint from before `random_draws`
-        was stored drew per rank, and goes on doing so: it resumes exactly as it did."""
-        if resumed is not None and "random_draws" not in (resumed.meta.get("config") or {}):
-            return dataclasses.replace(self, random_draws="rank")
+        has such settings (asr: the transcripts' normaliser)."""
         return self
 
 
@@ -111,7 +112,8 @@ def resolve_settings(cfg_cls, settings, saved_config=None):
     dropped = sorted(set(saved_config) - names)
     if dropped:
         print(f"note: the checkpoint's settings {', '.join(dropped)} are not used by this version")
-    old = cfg_cls(**{k: v for k, v in saved_config.items() if k in names})
+    before_stored = {k: v for k, v in cfg_cls.BEFORE_STORED.items() if k not in saved_config}
+    old = cfg_cls(**before_stored, **{k: v for k, v in saved_config.items() if k in names})
     cfg = apply_settings(old, settings)
     for f in dataclasses.fields(cfg):
         if getattr(old, f.name) != getattr(cfg, f.name):
