@@ -91,6 +91,100 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+# ---------------------------------------------------------------------- the training loss, chunked
+
+LOSS_CHUNK_LOGITS = 2 ** 25  # logits of one chunk of the loss: 128 MiB in fp32
+IGNORE_INDEX = -100  # F.cross_entropy's default: a target that adds no loss and no gradient
+
+
+def loss_chunk_for(vocab_size):
+    """Tokens per chunk of chunked_cross_entropy: the largest power of two whose logits fit in
+    LOSS_CHUNK_LOGITS (GPT-2's 50,257: 512 tokens, 103 MB of fp32 logits, against 823 MB for
+    8 x 512 tokens at once). Large enough that the lm_head products stay efficient matrix products
+    (512 x 768 x 50,257 per chunk), small enough that a chunk's logits and their softmax are a
+    fraction of the step. Depends on the vocabulary only: a run and its resume take the same chunks,
+    so the same operations. The byte vocabulary (256) gets 131,072 tokens: one chunk in practice."""
+    return 1 << max(0, (LOSS_CHUNK_LOGITS // vocab_size).bit_length() - 1)
+
+
+def _cross_entropy_chunks(h, weight, targets, chunk, want_grad_h, want_grad_w):
+    """The cross-entropy of lm_head(h) against targets, summed, one chunk of tokens at a time; with
+    want_grad_*, also its gradients for h and weight, computed from each chunk's logits while they
+    are at hand: backward then needs no second lm_head product (recomputing each chunk's logits
+    there would add 2 V C FLOPs a token, about a tenth of a GPT-2-small step). Returns (loss,
+    grad_h or None, grad_weight or None). h (N, C), weight (V, C), targets (N,).
+
+    Precision as the full-logits way under autocast: the lm_head products in the autocast dtype
+    (bf16/fp16 if on, else fp32), log-softmax and softmax in fp32, the weight's gradient summed over
+    chunks in fp32."""
+    N = h.size(0)
+    if torch.is_autocast_enabled(h.device.type):
+        # Cast the weight once, not in each of the 3 products of every chunk (autocast would).
+        weight_c = weight.to(torch.get_autocast_dtype(h.device.type))  # (V, C)
+    else:
+        weight_c = weight  # (V, C)
+    losses = torch.empty(N, device=h.device, dtype=torch.float32)  # (N,) each token's loss
+    grad_h = torch.empty(N, h.size(1), device=h.device, dtype=h.dtype) if want_grad_h else None  # (N, C)
+    grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grad_w else None  # (V, C)
+    for start in range(0, N, chunk):
+        h_c, t_c = h[start:start + chunk], targets[start:start + chunk]  # (n, C), (n,)
+        logits = F.linear(h_c, weight_c)  # (n, V), autocast dtype
+        z = logits.float()  # (n, V) fp32 (the same tensor when logits are fp32)
+        del logits  # a bf16/fp16 copy need not live through the chunk
+        lse = torch.logsumexp(z, dim=-1)  # (n,)
+        keep = t_c != IGNORE_INDEX  # (n,)
+        safe = torch.where(keep, t_c, 0)  # (n,) an in-range index for ignored tokens too
+        target_logit = z.gather(1, safe[:, None]).squeeze(1)  # (n,)
+        losses[start:start + chunk] = torch.where(keep, lse - target_logit, 0.0)
+        if not (want_grad_h or want_grad_w):
+            continue
+        # d loss / d logits = softmax - one_hot(target), made in place over z (no longer needed).
+        g = z.sub_(lse[:, None]).exp_()  # (n, V) softmax
+        g[torch.arange(g.size(0), device=g.device), safe] -= 1.0
+        g = g.to(weight_c.dtype)  # (n, V) the products' dtype, as autocast's linear backward has it
+        keep_c = keep[:, None].to(h_c.dtype)  # (n, 1) ignored tokens: no gradient
+        if want_grad_h:
+            grad_h[start:start + chunk] = torch.mm(g, weight_c) * keep_c  # (n, C)
+        if want_grad_w:
+            h_kept = (h_c * keep_c).to(weight_c.dtype)  # (n, C)
+            if weight_c.dtype == grad_w.dtype:
+                grad_w.addmm_(g.t(), h_kept)  # (V, C) fp32: summed in place, no (V, C) temporary
+            else:
+                grad_w += torch.mm(g.t(), h_kept)  # (V, C) bf16/fp16 product, summed in fp32
+    loss = losses.sum()
+    return loss, grad_h, grad_w if grad_w is None else grad_w.to(weight.dtype)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and, chunk by chunk, its gradients (_cross_entropy_chunks); backward
+    only scales them by the incoming gradient (the loss is a scalar, so that is the chain rule). What
+    is kept between the two: grad_h (N, C) and grad_weight (V, C), not the (N, V) logits."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk):
+        loss, grad_h, grad_w = _cross_entropy_chunks(h, weight, targets, chunk,
+                                                     ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        # In place: these are used once (a second backward through the graph would fail on the
+        # saved tensors' version check rather than give wrong gradients).
+        return (None if grad_h is None else grad_h.mul_(grad_loss.to(grad_h.dtype)),
+                None if grad_w is None else grad_w.mul_(grad_loss.to(grad_w.dtype)), None, None)
+
+
+def chunked_cross_entropy(h, weight, targets, chunk):
+    """sum over tokens of cross_entropy(h @ weight.T, targets), i.e. F.cross_entropy(lm_head(h),
+    targets, reduction="sum") within float rounding, holding the logits of `chunk` tokens at a time,
+    forward and backward. h (N, C) final hidden states, weight (V, C) the lm_head, targets (N,)."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(h, weight, targets, chunk)
+    return _cross_entropy_chunks(h, weight, targets, chunk, False, False)[0]  # evaluation: the loss alone
+
+
 class GPT(nn.Module):
     config_class = GPTConfig
 
@@ -98,6 +192,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.gradient_checkpointing = False  # recompute each block in backward to save memory
+        self.loss_chunk = None  # tokens per chunk of the training loss; None: loss_chunk_for(vocab_size)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
@@ -141,22 +236,33 @@ class GPT(nn.Module):
                 x = block(x)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None):
-        """Token ids (B, T) -> next-token logits (B, T, V); with targets (B, T), also the cross-entropy
-        summed over the B * T tokens. Summed, not averaged: the training loop divides by the tokens of
-        its whole accumulation window, so every token weighs the same (as in nanoGPT's model(X, Y))."""
-        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
+    def forward(self, idx, targets=None, return_logits=False):
+        """Token ids (B, T) -> next-token logits (B, T, V). With targets (B, T): (output, loss_sum), the
+        cross-entropy summed over the B * T tokens (targets of -100 are left out, as in F.cross_entropy).
+        Summed, not averaged: the training loop divides by the tokens of its whole step (all micro-batches),
+        so every token weighs the same (as in nanoGPT's model(X, Y)).
+
+        With targets, output is None and the loss is chunked_cross_entropy's: the whole logits are never
+        held (for GPT-2 small at 8 x 512 they are 0.8 GB in fp32, and their log-softmax and gradient as
+        much again each). return_logits=True gives the logits (B, T, V) as output instead, and the loss
+        from them by F.cross_entropy (the full-logits way; same value within float rounding)."""
+        h = self.hidden_states(idx)  # (B, T, C)
         if targets is None:
-            return logits
-        # fp32 log-softmax: under autocast the logits may be fp16/bf16, whose sums lose precision.
-        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+            return self.lm_head(h)  # (B, T, V)
+        if return_logits:
+            logits = self.lm_head(h)  # (B, T, V)
+            # fp32 log-softmax: under autocast the logits may be fp16/bf16, whose sums lose precision.
+            return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+        return None, chunked_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+                                           self.loss_chunk or loss_chunk_for(self.config.vocab_size))
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
         """Extend idx (B, T) by sampling max_new_tokens tokens; temperature 0 means greedy."""
         for _ in range(max_new_tokens):
             context = idx[:, -self.config.block_size:]  # (B, <=block_size)
-            logits = self(context)[:, -1, :]  # (B, V)
+            # Only the last position's logits: the lm_head of the whole context would be (B, T, V).
+            logits = self.lm_head(self.hidden_states(context)[:, -1, :])  # (B, V)
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:
