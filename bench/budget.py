@@ -34,7 +34,7 @@ def main():
                               "--budget-hours", str(minutes / 60)], capture_output=True, text=True)
         wall = time.time() - t0
         line = next(ln for ln in run.stdout.splitlines() if ln.startswith("time:"))
-        share = {k: float(v) for k, v in re.findall(r"(steps|evaluation|saving) [\d.]+ s \(([\d.]+)%\)", line)}
+        share = {k: float(v) for k, v in re.findall(r"(steps|evaluation|saving) [\d.]+ s \(([\d.]+)%[;)]", line)}
         startup = float(re.search(r"first step ([\d.]+) s", line).group(1))
         early = float(re.search(r"written ([\d.]+) s before", line).group(1))
         print(f"{minutes:5.0f} m {wall:6.1f}s {startup:8.1f}s {share['steps']:6.1f}% {share['evaluation']:5.1f}% "

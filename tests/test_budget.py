@@ -6,9 +6,12 @@ Real processes (test_train.py's `spawn`, or a shell), as the clock of a session 
 in-process runs are test_train.py's tiny lm part."""
 
 import os
+import re
 import subprocess
 import sys
 import time
+
+import pytest
 
 import ckpt
 import train_part
@@ -72,3 +75,17 @@ def test_wall_clock_budget_is_used_and_respected(tmp_path, corpus):
     assert "stopped: time budget" in stdout
     assert final_state(tmp_path / "run", 1).meta["global_step"] > 0
     assert "next: python train_part.py --task lm --part 2" in stdout
+
+
+def test_the_time_line_gives_the_first_step_apart_and_the_steady_pace(tmp_path, corpus, capsys):
+    # tiny_lm_args: 12 steps an epoch of 2 micro-batches of 4 x 16 tokens, the last one of 1: 1,472 tokens.
+    assert train_part.main(["--task", "lm", "--out", str(tmp_path), "--data", corpus, "--max-steps", "12",
+                            *tiny_lm_args()], started=time.time()) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("time: "))
+    found = re.search(r"steps ([\d.]+) s \([\d.]+%; first step ([\d.]+) s with warm-up, then ([\d.]+) ms a step: "
+                      r"([\d,]+) tokens a second\)", line)
+    assert found, line
+    steps, first, pace, rate = (float(g.replace(",", "")) for g in found.groups())
+    assert abs(first + 11 * pace / 1000 - steps) <= 0.11 + 0.01 * steps  # the first step and 11 at the pace (rounded)
+    assert rate * 11 * pace / 1000 == pytest.approx(1472 - 128, rel=0.03)  # steps 2-12: 10 x 128 + 64 tokens
+    assert "compilation" not in line and "MFU" not in line  # no torch.compile; MFU only on a GPU

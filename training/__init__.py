@@ -13,7 +13,9 @@ that depends only on the data is kept for later parts. A task object offers trai
 - `evaluate(model, keep_going)`: additive sums over this rank's share of the validation set, or
   None when `keep_going()` turned false; `summarize(sums)` turns the sums of all ranks into metrics;
 - `best_metric` (lower is better), `meta` (what inference needs besides the weights, stored in the
-  checkpoint header) and `fingerprint` (of the training data, to warn when it changes).
+  checkpoint header) and `fingerprint` (of the training data, to warn when it changes);
+- `work(indices)`: what a micro-batch of these training indices trains on, in `work_unit` (tokens,
+  seconds of audio, rows), for the part's time line; `flops_per_work(model)` (lm; else None) for MFU.
 
 The order to read it in: train_part.py first (the stage, top to bottom), then signals.py (SIGTERM
 and Ctrl-C, imported before torch), tasks.py (the one list of the tasks) and a task (lm.py is the

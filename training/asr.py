@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from data import DataError
-from data.audio import AudioDataset, collate, no_usable_clip, training_csv
+from data.audio import SAMPLE_RATE, AudioDataset, collate, no_usable_clip, training_csv
 from data.sampler import EpochSampler
 from data.transcripts import (NORMALIZERS, Normalizer, bnunicodenormalizer_installed, error_counts, error_rate,
                               normalize_text)
@@ -44,6 +44,8 @@ class ASRTask:
     object: the same items, lengths and therefore the same batches."""
 
     best_metric = "wer"  # picks best_model.safetensors (lower is better)
+    work_unit = "s of audio"
+    flops_per_work = None  # MFU is the lm task's
 
     def __init__(self, check, cfg, device, rank=0, world=1):
         self.vocab = check.vocab
@@ -58,6 +60,10 @@ class ASRTask:
         self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True,
                                     lengths=np.asarray(self.train.lengths))
         self.meta = {"vocab": self.vocab.to_dict()}
+
+    def work(self, indices):
+        """Seconds of audio in a micro-batch of these clips (unreadable ones included: they are rare)."""
+        return sum(self.train.lengths[i] for i in indices) / SAMPLE_RATE
 
     def batches(self, index_batches, epoch):
         # The loader gets its own generator: creating an iterator otherwise draws a seed from the

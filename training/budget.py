@@ -29,6 +29,7 @@ class TimeBudget:
         self.eval_seconds = 0.0       # the slowest evaluation so far
         self.spent = {"steps": 0.0, "evaluation": 0.0, "saving": 0.0}  # where the wall time went
         self.first_step_at = None     # seconds from process start to the first step
+        self.steady = {"steps": 0, "seconds": 0.0, "work": 0.0}  # the steps after the first, and their work
 
     def note_first_step(self):
         """The first step starts now: start-up took until here."""
@@ -41,12 +42,20 @@ class TimeBudget:
     def left(self):
         return math.inf if self.deadline is None else self.deadline - time.monotonic()
 
-    def observe_step(self, seconds):
+    def observe_step(self, seconds, work=0.0):
+        """A step took `seconds` and did `work` (tokens, seconds of audio, rows: the task's unit)."""
         self.spent["steps"] += seconds
         if self.first_step is None:
             self.first_step = seconds
         else:
             self.recent_steps.append(seconds)
+            self.steady.update(steps=self.steady["steps"] + 1, seconds=self.steady["seconds"] + seconds,
+                               work=self.steady["work"] + work)
+
+    def pace(self):
+        """(seconds a step, work a second) over the steps after the first, or None before a second step."""
+        steps, seconds = self.steady["steps"], self.steady["seconds"]
+        return (seconds / steps, self.steady["work"] / seconds) if steps and seconds > 0 else None
 
     def observe_save(self, seconds):
         self.spent["saving"] += seconds
@@ -68,14 +77,26 @@ class TimeBudget:
     def can_continue_eval(self):
         return self.left() > 1.5 * self.save_seconds + self.margin
 
-    def summary(self, elapsed):
-        """Where the part's wall time went, and how early the hand-off landed before the deadline."""
-        parts = ", ".join(f"{name} {seconds:.1f} s ({seconds / elapsed:.1%})" for name, seconds in self.spent.items())
+    def summary(self, elapsed, speed="", compiled=False):
+        """Where the part's wall time went, and how early the hand-off landed before the deadline. The
+        steps' time is split into the first step (warm-up, and compilation with torch.compile, which a
+        step time must not hide) and the steady time a step after it, with `speed` (the task's
+        throughput, and MFU on a GPU: train_part.py's speed) appended to that."""
+        parts = [f"{name} {seconds:.1f} s ({seconds / elapsed:.1%}" for name, seconds in self.spent.items()]
+        if self.pace() is not None:
+            parts[0] += (f"; first step {self.first_step:.1f} s with warm-up{' and compilation' if compiled else ''}, "
+                         f"then {format_duration(self.pace()[0])} a step{speed}")
+        parts = [part + ")" for part in parts]
         line = (f"time: {elapsed:.1f} s wall; start-up until the first step {self.first_step_at or elapsed:.1f} s; "
-                f"{parts}")
+                f"{', '.join(parts)}")
         if self.deadline is not None:
             line += f"; hand-off written {self.left():.1f} s before the deadline"
         return line
+
+
+def format_duration(seconds):
+    """A step's time: '14.1 ms', '1.52 s'."""
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def format_seconds(s):

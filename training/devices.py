@@ -45,3 +45,16 @@ def gpu_has_kernels(capability, arches):
         if kind == "compute" and number <= 10 * capability[0] + capability[1]:
             return True
     return False
+
+
+# Dense bf16/fp16 tensor-core TFLOP/s of the GPUs a session may give (datasheets, without sparsity; the T4
+# and V100 in fp16): what MFU is measured against.
+PEAK_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "L4": 121, "A10": 125, "T4": 65, "V100": 125, "P100": 19}
+
+
+def peak_flops(device, amp):
+    """The GPU's peak FLOP/s in the part's mixed precision, or None (CPU, fp32, or a GPU not listed)."""
+    if device.type != "cuda" or amp not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for key, tflops in PEAK_TFLOPS.items() if key in name), None)

@@ -27,6 +27,7 @@ class LMTask:
     `eval_batches` batches evenly spread over the split (this rank's share of them)."""
 
     best_metric = "val_loss"  # picks best_model.safetensors (lower is better)
+    work_unit = "tokens"
 
     def __init__(self, tokens, tokenizer, fingerprint, cfg, device, rank=0, world=1):
         n_val, least = int(len(tokens) * cfg.val_fraction), 2 * cfg.block_size + 1  # two windows a split
@@ -42,6 +43,18 @@ class LMTask:
         self.fingerprint = fingerprint  # to warn when the data changes: the token file's hash of its tokens
         self.sampler = EpochSampler(len(self.train), cfg.batch_size, cfg.seed, shuffle=True, drop_last=True)
         self.meta = {"tokenizer": tokenizer.to_dict()}  # what inference needs besides the weights
+
+    def work(self, indices):
+        """The tokens a micro-batch of these windows trains on (its throughput's unit)."""
+        return len(indices) * self.train.block_size
+
+    @staticmethod
+    def flops_per_work(model):
+        """Training FLOPs a token, nanoGPT's estimate: 6N for the matmuls of forward and backward (N all
+        parameters but the position table, the tied lm_head counted once) + 12 L T C for attention."""
+        cfg = model.config
+        n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+        return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
     def batches(self, index_batches, epoch):
         for indices in index_batches:

@@ -30,6 +30,8 @@ class RegTask:
     the decoded predictions (kept inside the band of the training targets, see decode_target)."""
 
     best_metric = "smape"  # picks best_model.safetensors (lower is better)
+    work_unit = "rows"
+    flops_per_work = None  # MFU is the lm task's
 
     def __init__(self, table, train_rows, val_rows, tokenizer, standardize, cfg, device, rank=0, world=1):
         self.table, self.train_rows = table, train_rows
@@ -44,6 +46,9 @@ class RegTask:
                      "columns": {"id": cfg.id_column, "text": cfg.text_column, "numeric": numeric_column_list(cfg),
                                  "target": cfg.target_column},
                      "block_size": cfg.block_size, "target_range": self.target_range}
+
+    def work(self, indices):
+        return len(indices)
 
     def batches(self, index_batches, epoch):
         for indices in index_batches:
