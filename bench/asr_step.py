@@ -2,8 +2,14 @@
 
     python bench/asr_step.py                       # tiny, base, large at batch 1 x 10 s of audio
     python bench/asr_step.py --sizes base --batch 8 --seconds 2,4,6,8,10,4,6,8   # a padded batch
-    python bench/asr_step.py --device cuda         # adds fp16 and fp16 + gradient checkpointing
+    python bench/asr_step.py --device cuda         # fp32, fp16 and fp16 + gradient checkpointing
     python bench/asr_step.py --paired --steps 10   # both in one process, steps alternating: ratios
+    python bench/asr_step.py --sizes base --seconds 4 --threads 1 --paired --steps 12   # checkpointing on the CPU
+
+On the CPU the modes are fp32 and fp32+ckpt (gradient checkpointing: ours' `gradient_checkpointing`,
+transformers' `gradient_checkpointing_enable()`); --modes picks some. --threads 1 is the steady
+setting on this shared 2-core machine: with the default 2 threads a busy neighbour stalls the
+OpenMP team, and the same step took 0.9 s to 11 s.
 
 One training step = forward, fp32 CTC loss, backward, AdamW update, with the feature encoder
 frozen as in fine-tuning and LayerDrop off. Each (size, mode, implementation) runs in fresh
@@ -19,6 +25,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +50,10 @@ def build(size, impl, checkpointing):
     import transformers
     hf_cfg = transformers.Wav2Vec2Config(**cfg.to_hf())
     model = transformers.Wav2Vec2ForCTC(hf_cfg)
-    if checkpointing:
-        model.gradient_checkpointing_enable()
+    if checkpointing:  # every layer, non-reentrant, RNG preserved (transformers 5.x defaults)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # 5.x: an alias of activation_checkpointing_enable
+            model.gradient_checkpointing_enable()
     model.freeze_feature_encoder()
 
     def forward(x, mask):
@@ -89,6 +98,8 @@ def make_step(args, impl, device):
 def one(args):
     """Measure one implementation in this process (its own peak memory); print a JSON line."""
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     step, model, audio_seconds = make_step(args, args.impl, device)
     step()  # warm-up: allocator, kernels, optimizer state
     if device.type == "cuda":
@@ -109,6 +120,8 @@ def paired(args):
     pair): each pair runs under the same machine conditions, so the median of the per-pair ratios
     is the steadiest comparison this noisy machine gives. No memory figures (one process)."""
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps = {impl: make_step(args, impl, device)[0] for impl in ("ours", "transformers")}
     for step in steps.values():
         step()  # warm-up
@@ -135,6 +148,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="fresh processes per implementation, interleaved")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--impls", default="ours,transformers")
+    p.add_argument("--modes", help="default: fp32,fp16,fp16+ckpt on cuda, fp32,fp32+ckpt on the CPU")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     p.add_argument("--paired", action="store_true",
                    help="both implementations in one process, steps alternating; ratios only")
     p.add_argument("--impl", help=argparse.SUPPRESS)
@@ -142,14 +157,15 @@ def main():
     args = p.parse_args()
     if args.impl:
         return one(args)
+    modes = (args.modes or ("fp32,fp16,fp16+ckpt" if args.device == "cuda" else "fp32,fp32+ckpt")).split(",")
     if args.paired:
         for args.sizes in args.sizes.split(","):
-            for args.mode in (["fp32", "fp16"] if args.device == "cuda" else ["fp32"]):
+            for args.mode in modes:
                 paired(args)
         return
-    modes = ["fp32", "fp16", "fp16+ckpt"] if args.device == "cuda" else ["fp32"]
     impls = args.impls.split(",")
-    print(f"device {args.device}; torch {torch.__version__}; batch {args.batch} x {args.seconds} s; "
+    print(f"device {args.device}; torch {torch.__version__}; threads {args.threads or torch.get_num_threads()}; "
+          f"batch {args.batch} x {args.seconds} s; "
           f"mean of {args.steps} steps after one warm-up step; median of {args.rounds} rounds, "
           f"implementations interleaved (the order reversed every other round)")
     print(f"{'size':6s} {'mode':10s} {'impl':13s} {'params':>8s} {'step s':>8s} {'audio s/s':>10s} {'peak GB':>8s}"
@@ -159,7 +175,7 @@ def main():
             figures = run_interleaved(
                 lambda impl: [sys.executable, __file__, "--sizes", size, "--batch", str(args.batch),
                               "--seconds", args.seconds, "--steps", str(args.steps), "--device", args.device,
-                              "--impl", impl, "--mode", mode],
+                              "--threads", str(args.threads), "--impl", impl, "--mode", mode],
                 impls, args.rounds, f"{size:6s} {mode:10s}")
             for impl, (median, r, peak_gb, steps) in figures.items():
                 print(f"{size:6s} {mode:10s} {impl:13s} {r['params_m']:7.1f}M {median:8.3f} "

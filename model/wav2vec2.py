@@ -352,12 +352,24 @@ class Encoder(nn.Module):
         if not self.config.do_stable_layer_norm:
             x = self.layer_norm(x)  # post-LN models normalise the input; pre-LN ones the output (below)
         x = self.dropout(x)
-        for layer in self.layers:
+        # Gradient checkpointing keeps only each layer's input (B, T, C) and reruns the layer's forward in
+        # backward: one more forward a layer (on the CPU, base at 1 x 10 s: +1.0 s on a 3.5 s step, 43%
+        # linear products, 28% redrawing dropout masks, 11% attention). Non-reentrant, so backward uses
+        # the first forward's graph, and preserve_rng_state, so dropout redraws the same masks: loss and
+        # gradients are bit-identical to a run without it. LayerDrop draws outside (once). The last layer
+        # is not rerun: backward starts with it, so its activations would be rebuilt the moment they are
+        # needed; keeping them leaves the peak as it was and saves 1/num_layers of the rerun. With these
+        # and no mask on unpadded batches (Wav2Vec2Model.forward), ours checkpoints at 1.02-1.05x
+        # transformers' speed on the CPU (BENCHMARKS.md); transformers reruns every layer the same way.
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             # LayerDrop: skip the whole layer; the draw comes from the torch CPU RNG (saved in checkpoints).
             if self.training and self.config.layerdrop > 0 and torch.rand(()) < self.config.layerdrop:
                 continue
-            if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, attn_mask, use_reentrant=False)
+            if checkpointing and i < last:
+                x = torch.utils.checkpoint.checkpoint(layer, x, attn_mask, use_reentrant=False,
+                                                      preserve_rng_state=True)
             else:
                 x = layer(x, attn_mask)
         return self.layer_norm(x) if self.config.do_stable_layer_norm else x
@@ -374,8 +386,14 @@ class Wav2Vec2Model(nn.Module):
 
     def forward(self, input_values, attention_mask=None):
         """Audio (B, S), attention_mask (B, S) or None -> hidden (B, T, C), frame lengths (B,) long."""
-        B = input_values.shape[0]
+        B, S = input_values.shape
         sample_lengths = None if attention_mask is None else attention_mask.sum(-1).long()  # (B,) right padding
+        if sample_lengths is not None and not bool((sample_lengths < S).any()):
+            # No padding (batch 1, or equal lengths): as without a mask, so attention gets none. An
+            # all-True mask changes no value but makes SDPA convert it on every call and, on a GPU,
+            # rules out the flash kernel. This reads a bool from the device, as transformers does;
+            # training leaves such masks out on the host (training/asr.py), so it never waits there.
+            sample_lengths = None
         x = self.feature_extractor(input_values, sample_lengths)  # (B, T, C_conv)
         T = x.shape[1]
         if sample_lengths is None:
@@ -447,7 +465,8 @@ class Wav2Vec2ForCTC(nn.Module):
 
     @property
     def gradient_checkpointing(self):
-        """Recompute each transformer layer in backward (training only) to save activation memory."""
+        """Recompute each transformer layer but the last in backward (training with gradients only) to
+        save activation memory; results are bit-identical (Encoder.forward says what it costs)."""
         return self.wav2vec2.encoder.gradient_checkpointing
 
     @gradient_checkpointing.setter

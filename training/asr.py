@@ -77,8 +77,10 @@ class ASRTask:
 
     def model_inputs(self, batch):
         """What Wav2Vec2ForCTC's forward takes from a collated batch, on the device."""
-        return {k: batch[k].to(self.device, non_blocking=True) if batch[k] is not None else None
-                for k in ("input_values", "attention_mask", "labels", "label_lengths")}
+        inputs = {k: batch[k] for k in ("input_values", "attention_mask", "labels", "label_lengths")}
+        if bool((batch["input_lengths"] == batch["input_values"].shape[1]).all()):
+            inputs["attention_mask"] = None  # unpadded: as without a mask, decided here on the host
+        return {k: v.to(self.device, non_blocking=True) if v is not None else None for k, v in inputs.items()}
 
     @torch.no_grad()
     def evaluate(self, model, keep_going):
