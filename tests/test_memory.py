@@ -29,8 +29,12 @@ def test_out_of_memory_splits_the_micro_batch_and_the_run_stays_the_same_or_the_
     # The same samples as micro-batches of 2 with twice the accumulation, on a machine where they fit.
     assert run(tmp_path / "halves", corpus, "--max-steps", "8", settings={"batch_size": 2, "grad_accum": 2})[0] == 0
     halves = handoff(tmp_path / "halves")
+    # Up to float rounding: the two runs make the same products, but in buffers the allocator placed
+    # otherwise, which BLAS may sum in another order. One AdamW step at lr 1e-3 moves a weight by up to
+    # 1e-3, so 1e-5 fails any step that took other samples, masks or learning rates (test_distributed's
+    # bound; seen: 5.0e-6 on one rare token's embedding after 8 steps, in one run of the suite).
     for name, tensor in split.state["model"].items():
-        torch.testing.assert_close(tensor, halves.state["model"][name], rtol=0, atol=1e-6)
+        torch.testing.assert_close(tensor, halves.state["model"][name], rtol=0, atol=1e-5)
 
     # Resumed on a machine where everything fits: the record's plan still splits, bit for bit the same run.
     assert run(tmp_path / "resumed", corpus, "--max-steps", "4", settings=BATCH_4, env=SMALL_GPU)[0] == 0
