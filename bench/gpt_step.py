@@ -36,6 +36,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from model.gpt import GPT, GPTConfig  # noqa: E402
+from training import devices  # noqa: E402  (the peak table MFU is measured against, as in a part)
 from interleave import run_interleaved  # noqa: E402  (bench/, the script's own folder)
 
 SIZES = {  # name: (GPTConfig fields, (batch, sequence) on CPU, (batch, sequence) on CUDA)
@@ -44,7 +45,6 @@ SIZES = {  # name: (GPTConfig fields, (batch, sequence) on CPU, (batch, sequence
     "gpt2": (dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768), (4, 256), (16, 1024)),
 }
 MEMORY_BATCH = (8, 512)  # --memory: GPT-2 small, CPU fp32
-PEAK_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "L4": 121, "A10": 125, "T4": 65, "V100": 125, "P100": 19}
 
 
 def build(size, impl):
@@ -139,12 +139,8 @@ def one(args):
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else host_memory()[1]
     total_peak = peak if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     fpt = flops_per_token(model, fields, seq)
-    mfu = None
-    if device.type == "cuda" and dtype is not None:
-        name = torch.cuda.get_device_name()
-        peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-        if peak_tflops:
-            mfu = fpt * batch * seq / dt / (peak_tflops * 1e12)
+    peak_flops = devices.peak_flops(device, args.mode)  # the GPU's dense bf16/fp16 peak; None on CPU or fp32
+    mfu = fpt * batch * seq / dt / peak_flops if peak_flops else None
     print(json.dumps({"step_s": dt, "tokens_per_s": batch * seq / dt, "peak_gb": total_peak / 2**30,
                       "before_gb": before / 2**30, "step_gb": (peak - before) / 2**30,
                       "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
